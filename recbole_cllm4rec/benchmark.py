@@ -299,14 +299,13 @@ def rebuild_tables(dataset, results_dir, properties_dir):
     lines = [f"# {dataset}", "", protocol_text(properties_dir), "", f"![headline metrics]({dataset}.png)", "",
              "## Headline (test)", "", "| model | " + " | ".join(HEADLINE_METRICS) + " |",
              "|---" * (len(HEADLINE_METRICS) + 1) + "|"]
-    best = {metric: max(record["test"].get(metric, 0) for record in records) for metric in HEADLINE_METRICS}
+    best = {metric: max(record["test"].get(metric, -1) for record in records) for metric in HEADLINE_METRICS}
     for record in records:
-        cells = [f"**{record['test'][m]:.4f}**" if record["test"].get(m) == best[m] else f"{record['test'].get(m, 0):.4f}"
-                 for m in HEADLINE_METRICS]
+        cells = [format_metric(record["test"].get(metric), best[metric]) for metric in HEADLINE_METRICS]
         lines.append(f"| {record['label']} | " + " | ".join(cells) + " |")
     lines += ["", "## All test metrics", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for record in records:
-        lines.append(f"| {record['label']} | " + " | ".join(f"{record['test'].get(m, 0):.4f}" for m in metrics) + " |")
+        lines.append(f"| {record['label']} | " + " | ".join(format_metric(record["test"].get(m)) for m in metrics) + " |")
     lines += ["", "## Provenance", "",
               "| model | config files and overrides | tuned | valid " + "/".join(["metric"]) + " | epochs run | wall time (s) | peak memory (GiB) | commit |",
               "|---|---|---|---|---|---|---|---|"]
@@ -322,6 +321,12 @@ def rebuild_tables(dataset, results_dir, properties_dir):
               f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed.", ""]
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
     plot_headline(records, results_dir / f"{dataset}.png", dataset)
+
+
+def format_metric(value, best=None):
+    if value is None:
+        return "–"
+    return f"**{value:.4f}**" if value == best else f"{value:.4f}"
 
 
 def plot_headline(records, path, dataset):
