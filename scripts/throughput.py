@@ -1,0 +1,130 @@
+"""Training and scoring throughput of CLLM4Rec against the raw frozen backbone, on the same batch shapes.
+
+    python scripts/throughput.py --dataset=amazon-beauty [--config_files=properties/model/CLLM4Rec-cpu.yaml] \
+        [--batches=8] [--output=results/performance.md]
+
+For each training step kind (collaborative, content, finetuning) it takes the first ``--batches``
+length-bucketed batches the trainer would use, and measures:
+- plugin: real (non-padding) tokens per second of the full training step (embedding assembly, forward,
+  loss, backward, Adam step);
+- raw: the frozen backbone alone, forward + backward to its input embeddings with the LM head on every
+  position, on dense batches of the same [batch, length] shapes (every token real).
+The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
+users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size.
+"""
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.corpus import bucket_batches, pad_documents  # noqa: E402
+
+
+def raw_backbone_rate(model, shapes, repeats=1):
+    """Tokens per second of forward+backward through the frozen LM (head included) on dense batches."""
+    backbone = model.backbone
+    hidden_size = backbone.get_input_embeddings().weight.shape[1]
+    total_tokens, elapsed = 0, 0.0
+    for batch_size, length in shapes:
+        inputs = (torch.randn(batch_size, length, hidden_size) * 0.1).requires_grad_(True)
+        for _ in range(repeats):
+            started = perf_counter()
+            with model._autocast():
+                logits = backbone(inputs_embeds=inputs, use_cache=False).logits
+            logits.float().logsumexp(-1).mean().backward()
+            elapsed += perf_counter() - started
+            total_tokens += batch_size * length
+    return total_tokens / elapsed
+
+
+def plugin_rate(model, kind, documents, batches, held_out=None):
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
+    model.train()
+    real_tokens, elapsed, shapes = 0, 0.0, []
+    for batch in batches:
+        chosen = [documents[k] for k in batch]
+        started = perf_counter()
+        if kind == "recommendation":
+            tokens, attention_mask, targets = model.recommendation_batch(chosen, [held_out[k] for k in batch])
+            language_loss, regularization = model.recommendation_loss(tokens, attention_mask, targets)
+        else:
+            tokens, attention_mask, target_mask = pad_documents(chosen)
+            loss_function = model.collaborative_loss if kind == "collaborative" else model.content_loss
+            language_loss, regularization = loss_function(tokens, attention_mask, target_mask)
+        optimizer.zero_grad(set_to_none=True)
+        (language_loss + regularization).backward()
+        optimizer.step()
+        elapsed += perf_counter() - started
+        real_tokens += int(attention_mask.sum())
+        shapes.append(tuple(tokens.shape))
+    return real_tokens / elapsed, shapes, real_tokens / sum(b * l for b, l in shapes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--config_files", default="")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--scoring_users", type=int, default=2048)
+    parser.add_argument("--output", default=None, help="append the figures to this markdown file")
+    arguments, recbole_arguments = parser.parse_known_args(argv)
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
+                             [path for path in arguments.config_files.replace(",", " ").split() if path])
+    config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False}, recbole_arguments)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
+    corpus, generator = model.corpus, torch.Generator().manual_seed(0)
+    budget = config["train_batch_tokens"]
+
+    rows = []
+    kinds = [("collaborative", corpus.collaborative_documents(), None)]
+    if corpus.has_content:
+        kinds.append(("content", corpus.sampled_content_documents(generator), None))
+    users = range(1, len(corpus.user_histories))
+    documents, held_out = corpus.recommendation_documents(users, model.mask_ratio, generator)
+    kinds.append(("recommendation", documents, held_out))
+    for kind, documents, targets in kinds:
+        batches = bucket_batches([len(d.tokens) for d in documents], budget, generator)[: arguments.batches]
+        plugin_rate(model, kind, documents, batches[:1], targets)  # warm-up
+        rate, shapes, density = plugin_rate(model, kind, documents, batches, targets)
+        raw = raw_backbone_rate(model, shapes)
+        rows.append((kind, rate, raw, rate / raw, density, shapes))
+        print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw backbone {raw:8.0f} tok/s, ratio {rate / raw:.2f}, "
+              f"real/padded {density:.3f}", flush=True)
+
+    scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
+    model.eval()
+    started = perf_counter()
+    model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users)})
+    users_per_second = len(scoring_users) / (perf_counter() - started)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"full ranking: {users_per_second:.0f} users/s over {len(scoring_users)} users; peak memory {peak_gib:.2f} GiB")
+
+    if arguments.output:
+        command = "python scripts/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        lines = [f"### {arguments.dataset}, {config['llm_path']} ({model.backbone.config.num_hidden_layers} layers), "
+                 f"mixed precision {config['mixed_precision']}, {torch.get_num_threads()} threads, "
+                 f"train_batch_tokens {budget}", "", f"Command: `{command}`", "",
+                 "| step | plugin real tok/s | raw backbone tok/s | ratio | real / padded tokens |", "|---|---|---|---|---|"]
+        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {ratio:.2f} | {density:.3f} |" for kind, rate, raw, ratio, density, _ in rows]
+        lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
+                  f"Peak memory (max RSS): {peak_gib:.2f} GiB.", ""]
+        with open(arguments.output, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

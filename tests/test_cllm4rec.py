@@ -1,0 +1,205 @@
+"""CLLM4Rec with tiny random backbones on a tiny planted dataset."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import cllm4rec_config
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from recbole_cllm4rec import CLLM4Rec, CLLM4RecTrainer
+from recbole_cllm4rec.corpus import pad_documents
+
+
+def build(data_root, tmp_path, llm_path, dataset="tiny", **overrides):
+    config = Config(model="CLLM4Rec", dataset=dataset, config_dict=cllm4rec_config(data_root, tmp_path, llm_path, **overrides))
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    model = CLLM4Rec(config, train_data._dataset)
+    return config, model, train_data, valid_data, test_data
+
+
+def pairs_of(dataset):
+    return set(zip(dataset.inter_feat[dataset.uid_field].tolist(), dataset.inter_feat[dataset.iid_field].tolist()))
+
+
+@pytest.fixture
+def tiny(data_root, tmp_path, tiny_llama):
+    return build(data_root, tmp_path, tiny_llama)
+
+
+def test_labels_only_on_main_text(tiny):
+    _, model, *_ = tiny
+    corpus, space = model.corpus, model.token_space
+    for documents, is_main_token in (
+        (corpus.collaborative_documents(), lambda token: token >= space.item_offset),
+        (corpus.content_documents, lambda token: token < space.vocab_size),
+    ):
+        tokens, _, target_mask = pad_documents(documents)
+        for row, document in enumerate(documents):
+            predicted = np.flatnonzero(target_mask[row].numpy()) + 1
+            assert predicted.min() == document.main_start and predicted.max() == len(document.tokens) - 1
+            assert all(is_main_token(int(tokens[row, position])) for position in predicted)
+            # the prompt keeps its soft tokens and is never a target
+            assert (document.tokens[: document.main_start] >= space.vocab_size).any()
+
+
+def test_tied_heads_share_storage(tiny):
+    _, model, *_ = tiny
+    assert model.item_head.weight is model.collaborative_item_embedding.weight
+    assert model.vocab_head.weight is model.backbone.get_input_embeddings().weight
+    assert not model.vocab_head.weight.requires_grad
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {f"{side}_{kind}_embedding.weight" for side in ("collaborative", "content") for kind in ("user", "item")}
+    assert not any(key.startswith("backbone.") for key in model.state_dict())
+
+
+def test_no_validation_or_test_item_reaches_any_corpus(tiny):
+    _, model, train_data, valid_data, test_data = tiny
+    train_pairs = pairs_of(train_data._dataset)
+    held_back = pairs_of(valid_data._dataset) | pairs_of(test_data._dataset)
+    assert held_back and not (train_pairs & held_back)
+    corpus, space = model.corpus, model.token_space
+    user_of = lambda tokens: int(tokens[0] - space.vocab_size)  # every template starts with the user token
+    seen = set()
+    for document in corpus.collaborative_documents():
+        items = document.tokens[document.tokens >= space.item_offset] - space.item_offset
+        seen |= {(user_of(document.tokens), int(item)) for item in items}
+    documents, held_out = corpus.recommendation_documents(range(1, space.n_users), 0.2, torch.Generator().manual_seed(0))
+    for document, targets in zip(documents, held_out):
+        items = document.tokens[document.tokens >= space.item_offset] - space.item_offset
+        seen |= {(user_of(document.tokens), int(item)) for item in list(items) + list(targets)}
+    for user in range(1, space.n_users):
+        document = corpus.scoring_document(user)
+        items = document.tokens[document.tokens >= space.item_offset] - space.item_offset
+        seen |= {(user, int(item)) for item in items}
+    is_user_token = lambda tokens: (tokens >= space.vocab_size) & (tokens < space.item_offset)
+    reviews = [d for d in corpus.content_documents if is_user_token(d.tokens[: d.main_start]).any()
+               and (d.tokens[: d.main_start] >= space.item_offset).any()]
+    assert reviews
+    for document in reviews:
+        prompt = document.tokens[: document.main_start]
+        user = int(prompt[is_user_token(prompt)][0] - space.vocab_size)
+        seen.add((user, int(prompt[prompt >= space.item_offset][0] - space.item_offset)))
+    assert seen == train_pairs
+
+
+def test_training_losses_finite_and_decreasing_backbone_unchanged(tiny):
+    config, model, train_data, valid_data, test_data = tiny
+    backbone_before = {key: value.clone() for key, value in model.backbone.state_dict().items()}
+    embedding_before = model.collaborative_item_embedding.weight.detach().clone()
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.fit(train_data, valid_data, saved=True)
+    losses = {}
+    for stage, kind, _, language_loss, regularization in trainer.loss_history:
+        assert np.isfinite(language_loss) and np.isfinite(regularization)
+        losses.setdefault((stage, kind), []).append(language_loss)
+    assert losses[("pretrain", "collaborative")][-1] < losses[("pretrain", "collaborative")][0]
+    assert losses[("pretrain", "content")][-1] < losses[("pretrain", "content")][0]
+    assert losses[("finetune", "recommendation")][-1] < losses[("finetune", "recommendation")][0]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), key
+    assert not torch.equal(model.collaborative_item_embedding.weight, embedding_before)
+    result = trainer.evaluate(test_data, load_best_model=True)
+    assert 0 <= result["recall@10"] <= 1
+
+
+def test_full_sort_predict_shape_predict_agreement_and_history_masking(tiny):
+    config, model, train_data, valid_data, _ = tiny
+    model.eval()
+    users = torch.tensor([1, 2, 3, 5])
+    scores = model.full_sort_predict({model.USER_ID: users})
+    assert scores.shape == (4, model.n_items)
+    assert torch.isinf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+    assert torch.equal(scores, model.full_sort_predict({model.USER_ID: users}))  # deterministic
+    items = torch.tensor([3, 4, 7, 9])
+    pointwise = model.predict({model.USER_ID: users, model.ITEM_ID: items})
+    assert torch.allclose(pointwise, scores[torch.arange(4), items], atol=1e-4)
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.tot_item_num = model.n_items
+    batch = next(iter(valid_data))
+    _, masked_scores, _, _ = trainer._full_sort_batch_eval(batch)
+    history_rows, history_items = batch[1]
+    assert len(history_rows) > 0 and torch.isinf(masked_scores[history_rows, history_items]).all()
+
+
+def test_finetune_target_option(tiny):
+    _, model, *_ = tiny
+    documents, held_out = model.corpus.recommendation_documents([1], 0.2, torch.Generator().manual_seed(0))
+    _, _, targets = model.recommendation_batch(documents, held_out)
+    assert sorted(targets[0].tolist()) == sorted(held_out[0].tolist())
+    model.finetune_target = "all"
+    _, _, targets = model.recommendation_batch(documents, held_out)
+    assert sorted(targets[0].tolist()) == sorted(model.corpus.user_histories[1].tolist())
+
+
+@pytest.mark.parametrize("interrupt_after_passes", [2, 7])  # during pretraining, during finetuning
+def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path, tiny_llama, interrupt_after_passes):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama)
+    trainer = CLLM4RecTrainer(config, model)
+    expected_score, _ = trainer.fit(train_data, valid_data)
+    expected = trainer.evaluate(test_data, load_best_model=True)
+
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True)
+    trainer = CLLM4RecTrainer(config, model)
+    original_run_pass, calls = trainer._run_pass, []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == interrupt_after_passes:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return original_run_pass(*args, **kwargs)
+
+    trainer._run_pass = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train_data, valid_data)
+
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True)
+    trainer = CLLM4RecTrainer(config, model)
+    resumed_calls = []
+    original_run_pass = trainer._run_pass
+    trainer._run_pass = lambda *args, **kwargs: resumed_calls.append(args[0]) or original_run_pass(*args, **kwargs)
+    score, _ = trainer.fit(train_data, valid_data)
+    assert len(calls) + len(resumed_calls) == len(trainer.pretrain_schedule) + config["epochs"]  # nothing redone
+    assert score == pytest.approx(expected_score, abs=1e-6)
+    assert trainer.evaluate(test_data, load_best_model=True) == expected
+
+
+def test_gpt2_family_and_truncated_layers(data_root, tmp_path, tiny_gpt2):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path, tiny_gpt2, llm_num_layers=1,
+                                                             mixed_precision="none", epochs=1)
+    assert len(model.backbone.transformer.h) == 1
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.fit(train_data, valid_data)
+    assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
+
+
+def test_dataset_without_text_trains_collaborative_only(data_root, tmp_path, tiny_llama, caplog):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, dataset="tiny-notext",
+                                                     load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    assert not model.corpus.has_content
+    assert "no usable text" in model.corpus.content_summary
+    trainer = CLLM4RecTrainer(config, model)
+    assert set(trainer.pretrain_schedule) == {"collaborative"}
+    trainer.fit(train_data, valid_data)
+
+
+def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
+    with pytest.raises(ValueError, match="finetune_target"):
+        build(data_root, tmp_path, tiny_llama, finetune_target="everything")
+    with pytest.raises(ValueError, match="llm_num_layers"):
+        build(data_root, tmp_path, tiny_llama, llm_num_layers=5)
+    with pytest.raises(OSError, match="llm_path"):
+        build(data_root, tmp_path, tiny_llama + "-missing")
+
+
+def test_planted_structure_beats_pop(data_root, tmp_path, tiny_llama):
+    from conftest import protocol
+    from recbole.quick_start import run_recbole
+
+    cllm = run_recbole(model="CLLM4Rec", dataset="tiny", config_dict=cllm4rec_config(
+        data_root, tmp_path, tiny_llama, epochs=20, pretrain_rounds=4, learning_rate=0.02), saved=True)
+    pop = run_recbole(model="Pop", dataset="tiny", config_dict=protocol(data_root, tmp_path))
+    assert cllm["test_result"]["recall@5"] > pop["test_result"]["recall@5"] + 0.2
