@@ -7,8 +7,10 @@ For each training step kind (collaborative, content, finetuning) it takes the fi
 length-bucketed batches the trainer would use, and measures:
 - plugin: real (non-padding) tokens per second of the full training step (embedding assembly, forward,
   loss, backward, Adam step);
-- raw: the frozen backbone alone, forward + backward to its input embeddings with the LM head on every
-  position, on dense batches of the same [batch, length] shapes (every token real).
+- raw: the frozen backbone's transformer alone (no LM head), forward + backward to its input
+  embeddings, on dense batches of the same [batch, length] shapes (every token real).
+The plugin's figure includes everything the raw one leaves out (ID-embedding assembly, its output heads,
+the loss, the optimizer), so a ratio near 1 means nearly all the time goes to the backbone itself.
 The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
 users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size.
 """
@@ -28,7 +30,7 @@ from recbole_cllm4rec.corpus import bucket_batches, pad_documents  # noqa: E402
 
 
 def raw_backbone_rate(model, shapes, repeats=1):
-    """Tokens per second of forward+backward through the frozen LM (head included) on dense batches."""
+    """Tokens per second of forward+backward through the frozen transformer on dense batches."""
     backbone = model.backbone
     hidden_size = backbone.get_input_embeddings().weight.shape[1]
     total_tokens, elapsed = 0, 0.0
@@ -37,8 +39,8 @@ def raw_backbone_rate(model, shapes, repeats=1):
         for _ in range(repeats):
             started = perf_counter()
             with model._autocast():
-                logits = backbone(inputs_embeds=inputs, use_cache=False).logits
-            logits.float().logsumexp(-1).mean().backward()
+                hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
+            hidden.float().square().mean().backward()
             elapsed += perf_counter() - started
             total_tokens += batch_size * length
     return total_tokens / elapsed

@@ -1,0 +1,77 @@
+"""Each RecBole 1.2.1 crash cause (A-F of the compatibility note) is handled; each test fails without its fix."""
+
+import importlib.metadata
+
+import numpy as np
+import pytest
+import torch
+from conftest import protocol
+from recbole.quick_start import load_data_and_model, run_recbole
+
+from recbole_cllm4rec import compat
+
+
+def test_cause_a_ray_tune_imports():  # setuptools<82 keeps pkg_resources for ray 2.6.3
+    import pkg_resources  # noqa: F401
+    from ray import tune  # noqa: F401
+
+
+def test_causes_b_and_c_numpy_aliases_exist():  # numpy<2
+    assert np.bool8 is np.bool_ and np.float_ is np.float64 and np.unicode_ is np.str_
+
+
+def test_check_environment_names_the_pin(monkeypatch):
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "3.1.1" if name == "pandas" else real_version(name))
+    with pytest.raises(RuntimeError, match=r"pandas==3.1.1 \(cause F; need pandas<3\)"):
+        compat.check_environment()
+
+
+@pytest.mark.parametrize("model", ["MultiVAE", "LightGCN", "BERT4Rec"])
+def test_models_train_and_best_checkpoint_reloads(model, data_root, tmp_path):
+    # LightGCN needs dok_matrix._update (cause E, scipy<1.13); the final evaluation reloads the best
+    # checkpoint with torch.load (cause D); BERT4Rec needs RecBole's sequential pipeline.
+    overrides = {"epochs": 1, "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
+    if model == "BERT4Rec":
+        overrides.update({"train_neg_sample_args": None, "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO",
+                                                                       "group_by": "user", "mode": "full"}})
+    result = run_recbole(model=model, dataset="tiny", config_dict=protocol(data_root, tmp_path, **overrides))
+    assert 0 <= result["test_result"]["recall@10"] <= 1
+
+
+def test_load_data_and_model_reads_recbole_checkpoints(data_root, tmp_path):
+    config = protocol(data_root, tmp_path, epochs=1, load_col={"inter": ["user_id", "item_id"]})
+    run_recbole(model="BPR", dataset="tiny", config_dict=config)
+    (checkpoint,) = (tmp_path / "saved").glob("BPR-*.pth")
+    loaded_config, model, _, _, _, test_data = load_data_and_model(str(checkpoint))
+    assert loaded_config["model"] == "BPR" and model.n_items == 25
+
+
+class NotAllowed:
+    """Any class torch's weights-only unpickler refuses, like RecBole's Config."""
+
+
+def test_torch_load_is_relaxed_only_inside_recbole_calls(tmp_path):
+    path = tmp_path / "object.pth"
+    torch.save({"config": NotAllowed()}, path)
+    with pytest.raises(Exception):
+        torch.load(path)  # the process-wide default stays safe
+    with compat.trusted_checkpoint_loading():
+        assert isinstance(torch.load(path)["config"], NotAllowed)
+
+
+def test_cause_f_float_features_are_filled(data_root, tmp_path):
+    # pandas 3 would leave NaN in float features (in-place fillna on a copy); pandas<3 fills them.
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    folder = data_root / "tiny-nan"
+    folder.mkdir(exist_ok=True)
+    (folder / "tiny-nan.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\n" + "".join(f"u{u}\ti{i}\t{'' if (u + i) % 3 else 4}\n"
+                                                                for u in range(6) for i in range(6)))
+    config = Config(model="BPR", dataset="tiny-nan", config_dict=protocol(
+        data_root, tmp_path, load_col={"inter": ["user_id", "item_id", "rating"]}))
+    dataset = create_dataset(config)
+    assert not dataset.inter_feat["rating"].isna().any()  # still a DataFrame before build()
