@@ -33,33 +33,30 @@ class BenchmarkError(Exception):
 
 # ----- names -------------------------------------------------------------------------------------------
 def available_models():
-    """Every model RecBole 1.2.1 ships, plus the plugin's."""
+    """Class names of every model RecBole 1.2.1 ships (read from its sources), plus the plugin's."""
+    import re
+
     import recbole.model as recbole_models
 
     root = Path(recbole_models.__file__).parent
     names = set(compat.PLUGIN_MODEL_FILES)
     for kind in ("general_recommender", "sequential_recommender", "context_aware_recommender",
                  "knowledge_aware_recommender", "exlib_recommender"):
-        names.update(path.stem for path in (root / kind).glob("*.py") if not path.stem.startswith("_"))
+        for path in (root / kind).glob("*.py"):
+            if path.stem.startswith("_"):
+                continue
+            classes = re.findall(r"^class (\w+)\(", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
+            names.update(name for name in classes if name.lower() == path.stem)
     return names
 
 
-def canonical_model_name(name, known=None):
+def canonical_model_name(name):
     """RecBole's class name for ``name`` (case-insensitive), or a BenchmarkError listing what exists."""
-    from recbole.utils import get_model
-
-    known = known or available_models()
-    lowered = {model.lower(): model for model in known}
-    if name.lower() not in lowered:
+    known = available_models()
+    by_lower_name = {model.lower(): model for model in known}
+    if name.lower() not in by_lower_name:
         raise BenchmarkError(f"Unknown model '{name}'. Known models: {', '.join(sorted(known, key=str.lower))}")
-    module_name = lowered[name.lower()]
-    for candidate in (name, module_name):
-        with contextlib.suppress(ValueError, AttributeError):
-            return get_model(candidate).__name__
-    for attribute in dir(sys.modules.get(f"recbole.model.general_recommender.{module_name}", None) or object):
-        if attribute.lower() == name.lower():
-            return attribute
-    raise BenchmarkError(f"Model '{name}' cannot be loaded from RecBole")
+    return by_lower_name[name.lower()]
 
 
 def available_datasets(properties_dir, data_path):

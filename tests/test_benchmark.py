@@ -1,0 +1,86 @@
+"""run_benchmark.py end to end on the tiny dataset, and its error messages."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+
+from recbole_cllm4rec import benchmark
+from recbole_cllm4rec.benchmark import BenchmarkError
+
+
+@pytest.fixture
+def properties(tmp_path):
+    """The project's properties with a tiny-friendly protocol (top-k below the tiny item count)."""
+    folder = tmp_path / "properties"
+    (folder / "dataset").mkdir(parents=True)
+    (folder / "model").mkdir()
+    protocol = yaml.safe_load((PROJECT_ROOT / "properties" / "overall.yaml").read_text())
+    protocol.update({"topk": [5, 10, 20], "valid_metric": "NDCG@10", "checkpoint_dir": str(tmp_path / "saved")})
+    (folder / "overall.yaml").write_text(yaml.safe_dump(protocol))
+    (folder / "dataset" / "tiny.yaml").write_text(yaml.safe_dump({"load_col": {"inter": ["user_id", "item_id", "timestamp"]}}))
+    for model in ("SASRec", "BERT4Rec"):
+        (folder / "model" / f"{model}.yaml").write_text((PROJECT_ROOT / "properties" / "model" / f"{model}.yaml").read_text())
+    return folder
+
+
+def run_tiny(model, data_root, properties, tmp_path, **kwargs):
+    return benchmark.run(model, "tiny", properties_dir=properties, results_dir=tmp_path / "results",
+                         config_dict={"data_path": str(data_root), "epochs": 2}, **kwargs)
+
+
+def test_two_baselines_end_to_end(data_root, properties, tmp_path):
+    pop = run_tiny("Pop", data_root, properties, tmp_path)
+    bpr = run_tiny("bpr", data_root, properties, tmp_path)  # names are case-insensitive, as in RecBole's files
+    assert bpr["model"] == "BPR"
+    results = tmp_path / "results"
+    for name in ("Pop", "BPR"):
+        record = json.loads((results / "tiny" / f"{name}.json").read_text())
+        assert set(record["test"]) >= {"recall@20", "ndcg@10", "hit@5", "mrr@10", "precision@20"}
+        assert record["seed"] == 2020 and record["config"]["eval_args"]["order"] == "RO"
+        assert record["wall_time_s"] > 0 and record["peak_memory_gib"] > 0 and record["machine"]["cpu_count"]
+        assert "git_commit" in record and record["valid_metric"] == "ndcg@10"
+    table = (results / "tiny.md").read_text()
+    assert "**Protocol**" in table.split("|")[0] and "| Pop |" in table and "| BPR |" in table
+    rows = list(csv.reader(open(results / "tiny.csv")))
+    assert rows[0][0] == "model" and {row[0] for row in rows[1:]} == {"Pop", "BPR"}
+    assert (results / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+    assert pop["test"] == run_tiny("Pop", data_root, properties, tmp_path, write=False)["test"]  # reproducible
+
+
+def test_sequential_model_uses_the_same_split(data_root, properties, tmp_path):
+    record = run_tiny("SASRec", data_root, properties, tmp_path)
+    assert 0 <= record["test"]["recall@10"] <= 1
+
+
+def test_unknown_model_lists_known_ones(data_root, properties, tmp_path):
+    with pytest.raises(BenchmarkError, match=r"Unknown model 'NoSuchRec'. Known models: .*CLLM4Rec.*MultiVAE"):
+        run_tiny("NoSuchRec", data_root, properties, tmp_path)
+
+
+def test_unknown_dataset_lists_available(data_root, properties, tmp_path):
+    with pytest.raises(BenchmarkError, match=r"Unknown dataset 'nowhere'. Available: .*tiny"):
+        benchmark.run("Pop", "nowhere", properties_dir=properties, results_dir=tmp_path / "r",
+                      config_dict={"data_path": str(data_root)})
+
+
+def test_missing_data_names_where_it_looked(tmp_path, properties):
+    (properties / "dataset" / "ghost.yaml").write_text("load_col: {inter: [user_id, item_id]}\n")
+    with pytest.raises(BenchmarkError, match=r"looked for .*ghost/ghost.inter.*scripts/setup.sh"):
+        benchmark.run("Pop", "ghost", properties_dir=properties, results_dir=tmp_path / "r",
+                      config_dict={"data_path": str(tmp_path / "empty")})
+
+
+def test_missing_config_file_is_reported(data_root, properties, tmp_path):
+    with pytest.raises(BenchmarkError, match="Config file not found: nope.yaml"):
+        run_tiny("Pop", data_root, properties, tmp_path, config_files=["nope.yaml"])
+
+
+def test_command_line_reports_errors_cleanly():
+    completed = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_benchmark.py"), "--model=NoSuchRec",
+                                "--dataset=amazon-beauty"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert completed.returncode == 2 and "error: Unknown model 'NoSuchRec'" in completed.stderr
