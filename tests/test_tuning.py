@@ -1,0 +1,68 @@
+"""Optuna search on the tiny dataset: SQLite storage, resume, pruning, outputs, the tuned row."""
+
+import json
+
+import optuna
+import pytest
+import yaml
+from test_benchmark import properties  # noqa: F401  (fixture)
+
+from recbole_cllm4rec import tuning
+from recbole_cllm4rec.benchmark import BenchmarkError
+
+SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
+         "embedding_size": {"type": "categorical", "choices": [8, 16]}}
+
+
+def search(data_root, properties, tmp_path, n_trials, **kwargs):  # noqa: F811
+    (properties / "hyper").mkdir(exist_ok=True)
+    (properties / "hyper" / "BPR.yaml").write_text(yaml.safe_dump(SPACE))
+    return tuning.tune("BPR", "tiny", n_trials=n_trials, storage=f"sqlite:///{tmp_path / 'study.db'}",
+                       config_dict={"data_path": str(data_root), "epochs": 4}, properties_dir=properties,
+                       results_dir=tmp_path / "results", **kwargs)
+
+
+def test_three_trials_outputs_and_tuned_row(data_root, properties, tmp_path):  # noqa: F811
+    study = search(data_root, properties, tmp_path, 3)
+    assert len(study.trials) == 3
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    best = yaml.safe_load((output / "best.yaml").read_text())
+    assert set(best) == set(SPACE) and (output / "trials.csv").read_text().count("\n") == 4
+    assert (output / "history.png").is_file() and (output / "importance.png").is_file()
+    record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
+    assert record["tuning"]["n_trials"] == 3 and record["config"]["embedding_size"] == best["embedding_size"]
+    assert "yes, 3 trials" in (tmp_path / "results" / "tiny.md").read_text()
+
+
+def test_resume_after_interruption_runs_only_missing_trials(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
+    original_run, calls = tuning.benchmark.run, []
+
+    def interrupted_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original_run(*args, **kwargs)
+
+    monkeypatch.setattr(tuning.benchmark, "run", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        search(data_root, properties, tmp_path, 3, final_run=False)
+    monkeypatch.setattr(tuning.benchmark, "run", original_run)
+    study = search(data_root, properties, tmp_path, 3, final_run=False)
+    verdicts = [trial for trial in study.trials if tuning.reached_verdict(trial)]
+    assert len(verdicts) == 3 and len(study.trials) == 4  # the interrupted one is kept, marked, and re-run
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # the finished trial was not repeated
+
+
+def test_bad_trial_is_pruned_and_failures_recorded(data_root, properties, tmp_path):  # noqa: F811
+    study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
+    for _ in range(3):
+        study.enqueue_trial({"learning_rate": 0.05, "embedding_size": 16})
+    study.enqueue_trial({"learning_rate": 0.001, "embedding_size": 8})  # learns nothing in 4 epochs
+    search(data_root, properties, tmp_path, 4, final_run=False)
+    study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.trials[3].state == optuna.trial.TrialState.PRUNED
+
+
+def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  # noqa: F811
+    with pytest.raises(BenchmarkError, match=r"No search space for Pop: write .*hyper/Pop.yaml"):
+        tuning.tune("Pop", "tiny", n_trials=1, properties_dir=properties, results_dir=tmp_path)
