@@ -144,7 +144,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    started = time()
+    started, commit = time(), git_commit()  # the code that runs is the code at the start
 
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
     if sequential:
@@ -181,7 +181,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "config_files": [os.path.relpath(path, PROJECT_ROOT) if Path(path).is_absolute() else path for path in files],
         "command_line_overrides": list(recbole_arguments),
         "config": json_safe(config.final_config_dict),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "wall_time_s": round(time() - started, 1),
         "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "machine": machine_description(config),

@@ -28,6 +28,11 @@ plugin model with an unmodified RecBole:
   is added for plugin models, with the lowest priority, exactly like RecBole's own model yaml.
 - ``get_flops`` deep-copies the model and runs ``predict`` once; for a model with a frozen LLM backbone
   that doubles memory, so models that set ``skip_flops = True`` are reported with 0 FLOPs instead.
+
+Multi-process training on CPUs: ``Config._init_device`` hard-codes NCCL and CUDA devices. When RecBole's
+multi-process mode (``recbole.quick_start.run(..., nproc=N)``) starts on a machine without CUDA, or with
+``distributed_backend: gloo``, the process group is opened with the gloo backend on the CPU instead, and
+``DistributedDataParallel`` is built without CUDA ``device_ids``. Everything else is RecBole's own path.
 """
 
 import contextlib
@@ -170,6 +175,45 @@ def _patch_config_defaults():
     configurator.Config._load_internal_config_dict = load_internal_config_dict
 
 
+def _patch_cpu_distributed():
+    from recbole.config import configurator
+    from recbole.trainer import trainer as trainer_module
+
+    original_init_device = configurator.Config._init_device
+    if getattr(original_init_device, "__wrapped_by_recbole_cllm4rec__", False):
+        return
+
+    @functools.wraps(original_init_device)
+    def init_device(self):
+        settings = self.final_config_dict
+        wants_gloo = settings.get("distributed_backend") == "gloo" or not torch.cuda.is_available()
+        if "local_rank" not in settings or not wants_gloo:
+            return original_init_device(self)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(
+                backend="gloo",
+                rank=settings["local_rank"] + settings.get("offset", 0),
+                world_size=settings["world_size"],
+                init_method=f"tcp://{settings['ip']}:{settings['port']}",
+            )
+        settings["gpu_id"] = ""
+        settings["device"] = torch.device("cpu")
+        settings["single_spec"] = False
+        if settings["local_rank"] != 0:
+            settings.update({"state": "error", "show_progress": False, "verbose": False})
+
+    init_device.__wrapped_by_recbole_cllm4rec__ = True
+    configurator.Config._init_device = init_device
+
+    original_ddp = trainer_module.DistributedDataParallel
+
+    def distributed_data_parallel(module, device_ids=None, **kwargs):
+        on_cpu = all(parameter.device.type == "cpu" for parameter in module.parameters())
+        return original_ddp(module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+    trainer_module.DistributedDataParallel = distributed_data_parallel
+
+
 def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
     """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
     name = model_class.__name__
@@ -188,4 +232,5 @@ def apply():
     _patch_checkpoint_loading()
     _patch_get_flops()
     _patch_config_defaults()
+    _patch_cpu_distributed()
     _applied = True

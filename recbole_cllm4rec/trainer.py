@@ -7,6 +7,12 @@ RecBole's per-epoch validation, early stopping and best-model selection; with
 ``finetune_content_passes`` each finetuning epoch is followed by a content pass regularised toward the
 finetuned embeddings, as in the reference code.
 
+Multi-process training (RecBole's ``run(..., nproc=N)``; gloo on CPUs, see ``compat``): every process
+builds the same batches, takes its share of the documents of each batch, scales its loss by its share of
+the batch's loss terms, and the gradients are summed across processes before every optimizer step. The
+step is therefore the single-process step on the same batch, except that the mutual regulariser's mean
+over distinct ids is taken within each process's share. Only rank 0 writes checkpoints.
+
 Every pass draws its randomness (batch order, masks, content windows) from a generator seeded by
 ``seed`` and the pass's position in the schedule, so a run resumed from its last checkpoint repeats
 exactly what an uninterrupted run would have done. After every pass the trainable state (ID
@@ -21,6 +27,7 @@ import os
 from time import time
 
 import torch
+import torch.distributed as dist
 from recbole.trainer import Trainer
 from recbole.utils import early_stopping, set_color
 from tqdm import tqdm
@@ -29,7 +36,8 @@ from recbole_cllm4rec.corpus import bucket_batches, pad_documents
 
 # Keys that do not change what a run computes; they are left out of the run's identity.
 NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "device",
-                     "eval_batch_size", "eval_batch_tokens", "worker", "tensorboard"}
+                     "eval_batch_size", "eval_batch_tokens", "worker", "tensorboard", "local_rank", "ip", "port",
+                     "offset", "verbose"}
 
 
 class CLLM4RecTrainer(Trainer):
@@ -76,10 +84,8 @@ class CLLM4RecTrainer(Trainer):
         corpus = self.model.corpus
         if kind == "collaborative":
             documents = corpus.collaborative_documents()
-            loss_function = self.model.collaborative_loss
         elif kind == "content":
             documents = corpus.sampled_content_documents(generator)
-            loss_function = self.model.content_loss
         else:
             users = range(1, len(corpus.user_histories))
             documents, held_out = corpus.recommendation_documents(users, self.model.mask_ratio, generator)
@@ -88,23 +94,73 @@ class CLLM4RecTrainer(Trainer):
         totals, steps = torch.zeros(2), 0
         progress = tqdm(batches, desc=set_color(description, "pink"), ncols=100, disable=not self.show_progress)
         for batch in progress:
-            if kind == "recommendation":
-                inputs = self.model.recommendation_batch([documents[k] for k in batch], [held_out[k] for k in batch])
-                language_loss, regularization = self.model.recommendation_loss(*inputs)
-            else:
-                tensors = pad_documents([documents[k] for k in batch])
-                language_loss, regularization = loss_function(*(tensor.to(self.device) for tensor in tensors))
+            batch = batch[self.rank :: self.world_size]
+            if len(batch):
+                language_loss, regularization, terms = self._batch_loss(kind, documents, batch, held_out if kind == "recommendation" else None)
+            else:  # this process has no share of a tiny batch; it still joins the gradient sum
+                language_loss = regularization = torch.zeros(())
+                terms = 0
+            share = self._share_of_terms(terms)
             loss = language_loss + regularization
             self._check_nan(loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(batch):
+                (loss * share).backward()
+            self._sum_gradients_across_processes()
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
-            totals += torch.tensor([language_loss.item(), float(regularization)])
+            totals += torch.tensor([float(language_loss), float(regularization)])
             steps += 1
-            progress.set_postfix(loss=f"{language_loss.item():.4f}")
+            progress.set_postfix(loss=f"{float(language_loss):.4f}")
         return tuple((totals / max(steps, 1)).tolist())
+
+    def _batch_loss(self, kind, documents, batch, held_out):
+        """``(language loss, regulariser, number of loss terms)`` of one (share of a) batch."""
+        if kind == "recommendation":
+            inputs = self.model.recommendation_batch([documents[k] for k in batch], [held_out[k] for k in batch])
+            return (*self.model.recommendation_loss(*inputs), len(batch))
+        tokens, attention_mask, target_mask = (tensor.to(self.device) for tensor in pad_documents([documents[k] for k in batch]))
+        loss_function = self.model.collaborative_loss if kind == "collaborative" else self.model.content_loss
+        return (*loss_function(tokens, attention_mask, target_mask), int(target_mask.sum()))
+
+    # ----- several processes --------------------------------------------------------------------------
+    @property
+    def distributed(self):
+        return not self.config["single_spec"]
+
+    @property
+    def rank(self):
+        return dist.get_rank() if self.distributed else 0
+
+    @property
+    def world_size(self):
+        return dist.get_world_size() if self.distributed else 1
+
+    def _share_of_terms(self, terms):
+        if not self.distributed:
+            return 1.0
+        total = torch.tensor([float(terms)])
+        dist.all_reduce(total)
+        return terms / max(float(total), 1.0)
+
+    def _sum_gradients_across_processes(self):
+        """Sum gradients over processes; a parameter no process touched keeps ``grad = None`` (Adam skips it)."""
+        if not self.distributed:
+            return
+        parameters = self.model.trainable_parameters()
+        touched = torch.tensor([float(parameter.grad is not None) for parameter in parameters])
+        dist.all_reduce(touched)
+        for parameter, count in zip(parameters, touched.tolist()):
+            if count == 0:
+                continue
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad)
+
+    def _barrier(self):
+        if self.distributed:
+            dist.barrier()
 
     def _log_pass(self, stage, kind, index, losses, started):
         self.loss_history.append((stage, kind, index, *losses))
@@ -118,6 +174,8 @@ class CLLM4RecTrainer(Trainer):
 
     # ----- checkpoints ---------------------------------------------------------------------------------
     def _atomic_save(self, state, path):
+        if self.rank != 0:
+            return
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         temporary = f"{path}.tmp-{os.getpid()}"
         torch.save(state, temporary, pickle_protocol=4)
@@ -180,7 +238,9 @@ class CLLM4RecTrainer(Trainer):
         self.eval_collector.data_collect(train_data)
         state = self._load_progress()
         self._pretrain(state)
-        return self._finetune(valid_data, state, verbose, saved, callback_fn)
+        result = self._finetune(valid_data, state, verbose, saved, callback_fn)
+        self._barrier()  # every process reads the best checkpoint rank 0 wrote
+        return result
 
     def _pretrain(self, state):
         optimizer = self._optimizer(self.pretrain_learning_rate)
