@@ -203,3 +203,19 @@ def test_planted_structure_beats_pop(data_root, tmp_path, tiny_llama):
         data_root, tmp_path, tiny_llama, epochs=20, pretrain_rounds=4, learning_rate=0.02), saved=True)
     pop = run_recbole(model="Pop", dataset="tiny", config_dict=protocol(data_root, tmp_path))
     assert cllm["test_result"]["recall@5"] > pop["test_result"]["recall@5"] + 0.2
+
+
+def test_registration_with_plain_recbole_calls(data_root, tmp_path, tiny_llama):
+    from recbole.quick_start import load_data_and_model, objective_function
+    from recbole.utils import get_model, get_trainer
+
+    assert get_model("CLLM4Rec") is CLLM4Rec and get_trainer(None, "CLLM4Rec") is CLLM4RecTrainer
+    config = dict(cllm4rec_config(data_root, tmp_path, tiny_llama, epochs=1, pretrain_rounds=1), model="CLLM4Rec", dataset="tiny")
+    result = objective_function(config_dict=config)
+    assert set(result) >= {"best_valid_score", "valid_score_bigger", "best_valid_result", "test_result"}
+    (checkpoint,) = (tmp_path / "saved").glob("CLLM4Rec-tiny-*-best.pth")
+    saved = torch.load(checkpoint, weights_only=False)
+    assert not any(key.startswith("backbone.") for key in saved["state_dict"])  # only what trains is written
+    loaded_config, model, *_ = load_data_and_model(str(checkpoint))
+    assert loaded_config["model"] == "CLLM4Rec"
+    assert torch.equal(model.collaborative_item_embedding.weight, saved["state_dict"]["collaborative_item_embedding.weight"])
