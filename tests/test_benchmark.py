@@ -84,3 +84,14 @@ def test_command_line_reports_errors_cleanly():
     completed = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_benchmark.py"), "--model=NoSuchRec",
                                 "--dataset=amazon-beauty"], capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert completed.returncode == 2 and "error: Unknown model 'NoSuchRec'" in completed.stderr
+
+
+def test_cllm4rec_end_to_end_through_the_runner(data_root, properties, tmp_path, tiny_llama):
+    from conftest import cllm4rec_config
+
+    settings = cllm4rec_config(data_root, tmp_path, tiny_llama, epochs=2, pretrain_rounds=1)
+    settings.pop("topk"), settings.pop("valid_metric"), settings.pop("metrics")  # the protocol file decides these
+    record = benchmark.run("cllm4rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results",
+                           config_dict=settings)
+    assert record["model"] == "CLLM4Rec" and record["config"]["llm_path"] == tiny_llama
+    assert "| CLLM4Rec |" in (tmp_path / "results" / "tiny.md").read_text()
