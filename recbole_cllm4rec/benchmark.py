@@ -182,10 +182,10 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "command_line_overrides": list(recbole_arguments),
         "config": json_safe(config.final_config_dict),
         "git_commit": commit,
-        "wall_time_s": round(time() - started, 1),
+        "wall_time_s": round(time() - started, 3),
         "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "machine": machine_description(config),
-        "environment": get_environment(config).draw() if hasattr(get_environment(config), "draw") else None,
+        "environment": get_environment(config).draw(),  # samples CPU use for 1 s: call once
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(extra_record or {})

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from recbole.utils import FeatureType
 
+from recbole_cllm4rec.data.histories import user_histories
+
 PLACEHOLDER = re.compile(r"\{(user|item|history)\}")
 
 
@@ -120,34 +122,11 @@ class CLLM4RecCorpus:
         self.item_text_template = PromptTemplate(templates["item_text"], tokenizer, self.token_space)
         self.user_text_template = PromptTemplate(templates["user_text"], tokenizer, self.token_space)
         self.recommendation_template = PromptTemplate(templates["recommendation"], tokenizer, self.token_space)
-        self.user_histories = self._training_histories(dataset)
+        self.user_histories = user_histories(dataset)  # time order; fixed across epochs and scoring
         self.content_documents = self._content_documents(config)
         self.content_summary = self._summarise_content()
         if logger is not None:
             logger.info(self.content_summary)
-
-    # ----- training histories -------------------------------------------------------------------
-    @staticmethod
-    def _training_histories(dataset):
-        """Each user's training items, in time order where the dataset has a time field.
-
-        Without a time field the order is that of RecBole's training split (seeded, so still
-        deterministic). The order never changes between epochs or between training and scoring.
-        """
-        users = dataset.inter_feat[dataset.uid_field].numpy()
-        items = dataset.inter_feat[dataset.iid_field].numpy()
-        if dataset.time_field and dataset.time_field in dataset.inter_feat:
-            times = dataset.inter_feat[dataset.time_field].numpy()
-            order = np.lexsort((times, users))  # by user, then time; stable for ties
-        else:
-            order = np.argsort(users, kind="stable")
-        users, items = users[order], items[order]
-        boundaries = np.flatnonzero(np.diff(users)) + 1
-        histories = [np.zeros(0, dtype=np.int64) for _ in range(dataset.user_num)]
-        for user_items in np.split(np.arange(len(users)), boundaries):
-            if len(user_items):
-                histories[users[user_items[0]]] = items[user_items].astype(np.int64)
-        return histories
 
     def _recent(self, history, room):
         """The most recent items that fit ``room`` tokens (long histories lose their oldest items)."""

@@ -20,24 +20,14 @@ from recbole.data.utils import create_samplers
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
-
-def time_ordered_sequences(dataset):
-    """``{user: items in time order}`` for the interactions of ``dataset``."""
-    users = dataset.inter_feat[dataset.uid_field].numpy()
-    items = dataset.inter_feat[dataset.iid_field].numpy()
-    times = dataset.inter_feat[dataset.time_field].numpy() if dataset.time_field in dataset.inter_feat else np.zeros(len(users))
-    order = np.lexsort((times, users))
-    users, items = users[order], items[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(users) != 0])
-    ends = np.r_[starts[1:], len(users)]
-    return {int(users[start]): items[start:end] for start, end in zip(starts, ends)}
+from recbole_cllm4rec.data.histories import user_histories
 
 
 def next_item_examples(train_dataset, max_length, item_seq_field, item_seq_len_field):
     """The training split as next-item examples, as a copy of the training dataset."""
     uid_field, iid_field = train_dataset.uid_field, train_dataset.iid_field
     users, targets, sequences, lengths = [], [], [], []
-    for user, items in time_ordered_sequences(train_dataset).items():
+    for user, items in enumerate(user_histories(train_dataset)):
         for k in range(1, len(items)):
             context = items[max(0, k - max_length):k]
             users.append(user)
@@ -57,7 +47,7 @@ def user_sequence_table(train_dataset, max_length):
     """Padded ``[n_users, max_length]`` training sequences (most recent items) and their lengths."""
     sequences = torch.zeros(train_dataset.user_num, max_length, dtype=torch.long)
     lengths = torch.ones(train_dataset.user_num, dtype=torch.long)  # length >= 1 keeps gathers in range
-    for user, items in time_ordered_sequences(train_dataset).items():
+    for user, items in enumerate(user_histories(train_dataset)):
         recent = items[-max_length:]
         sequences[user, : len(recent)] = torch.as_tensor(recent)
         lengths[user] = max(len(recent), 1)

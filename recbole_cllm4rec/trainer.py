@@ -32,7 +32,7 @@ from recbole.trainer import Trainer
 from recbole.utils import early_stopping, set_color
 from tqdm import tqdm
 
-from recbole_cllm4rec.corpus import bucket_batches, pad_documents
+from recbole_cllm4rec.corpus import bucket_batches
 
 # Keys that do not change what a run computes; they are left out of the run's identity.
 NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "device",
@@ -96,7 +96,9 @@ class CLLM4RecTrainer(Trainer):
         for batch in progress:
             batch = batch[self.rank :: self.world_size]
             if len(batch):
-                language_loss, regularization, terms = self._batch_loss(kind, documents, batch, held_out if kind == "recommendation" else None)
+                language_loss, regularization, terms = self.model.document_loss(
+                    kind, [documents[k] for k in batch], [held_out[k] for k in batch] if kind == "recommendation" else None
+                )
             else:  # this process has no share of a tiny batch; it still joins the gradient sum
                 language_loss = regularization = torch.zeros(())
                 terms = 0
@@ -114,15 +116,6 @@ class CLLM4RecTrainer(Trainer):
             steps += 1
             progress.set_postfix(loss=f"{float(language_loss):.4f}")
         return tuple((totals / max(steps, 1)).tolist())
-
-    def _batch_loss(self, kind, documents, batch, held_out):
-        """``(language loss, regulariser, number of loss terms)`` of one (share of a) batch."""
-        if kind == "recommendation":
-            inputs = self.model.recommendation_batch([documents[k] for k in batch], [held_out[k] for k in batch])
-            return (*self.model.recommendation_loss(*inputs), len(batch))
-        tokens, attention_mask, target_mask = (tensor.to(self.device) for tensor in pad_documents([documents[k] for k in batch]))
-        loss_function = self.model.collaborative_loss if kind == "collaborative" else self.model.content_loss
-        return (*loss_function(tokens, attention_mask, target_mask), int(target_mask.sum()))
 
     # ----- several processes --------------------------------------------------------------------------
     @property
@@ -273,7 +266,6 @@ class CLLM4RecTrainer(Trainer):
         if state is not None and state["stage"] == "done":
             return self.best_valid_score, self.best_valid_result
         self.stage = "finetune"
-        optimizers = _OptimizerPair(optimizer, content_optimizer)
         for epoch in range(self.start_epoch, self.epochs):
             started = time()
             losses = self._run_pass(
@@ -312,7 +304,7 @@ class CLLM4RecTrainer(Trainer):
                 self._save_checkpoint(epoch, verbose=verbose)
             if stop or epoch == self.epochs - 1:
                 self.stage = "done"
-            self._save_progress(optimizers.state_dict(), epoch)
+            self._save_progress({"finetune": optimizer.state_dict(), "content": content_optimizer.state_dict()}, epoch)
             if stop:
                 if verbose:
                     self.logger.info(f"Finished training, best eval result in epoch {epoch - self.cur_step * self.eval_step}")
@@ -322,12 +314,3 @@ class CLLM4RecTrainer(Trainer):
             self._save_checkpoint(self.epochs - 1, verbose=verbose)
         return self.best_valid_score, self.best_valid_result
 
-
-class _OptimizerPair:
-    """Both finetuning optimizers, saved as one checkpoint entry."""
-
-    def __init__(self, finetune, content):
-        self.finetune, self.content = finetune, content
-
-    def state_dict(self):
-        return {"finetune": self.finetune.state_dict(), "content": self.content.state_dict()}

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
-from recbole_cllm4rec.corpus import bucket_batches, pad_documents  # noqa: E402
+from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
 
 def raw_backbone_rate(model, shapes, repeats=1):
@@ -52,20 +52,16 @@ def plugin_rate(model, kind, documents, batches, held_out=None):
     real_tokens, elapsed, shapes = 0, 0.0, []
     for batch in batches:
         chosen = [documents[k] for k in batch]
+        targets = [held_out[k] for k in batch] if kind == "recommendation" else None
         started = perf_counter()
-        if kind == "recommendation":
-            tokens, attention_mask, targets = model.recommendation_batch(chosen, [held_out[k] for k in batch])
-            language_loss, regularization = model.recommendation_loss(tokens, attention_mask, targets)
-        else:
-            tokens, attention_mask, target_mask = pad_documents(chosen)
-            loss_function = model.collaborative_loss if kind == "collaborative" else model.content_loss
-            language_loss, regularization = loss_function(tokens, attention_mask, target_mask)
+        language_loss, regularization, _ = model.document_loss(kind, chosen, targets)  # the trainer's step
         optimizer.zero_grad(set_to_none=True)
         (language_loss + regularization).backward()
         optimizer.step()
         elapsed += perf_counter() - started
-        real_tokens += int(attention_mask.sum())
-        shapes.append(tuple(tokens.shape))
+        lengths = [len(document.tokens) for document in chosen]
+        real_tokens += sum(lengths)
+        shapes.append((len(chosen), max(lengths)))
     return real_tokens / elapsed, shapes, real_tokens / sum(b * l for b, l in shapes)
 
 

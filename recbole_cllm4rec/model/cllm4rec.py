@@ -242,6 +242,15 @@ class CLLM4Rec(GeneralRecommender):
             targets.append(torch.as_tensor(items, dtype=torch.long, device=self.device))
         return tokens.to(self.device), attention_mask.to(self.device), targets
 
+    def document_loss(self, kind, documents, held_out=None):
+        """``(language loss, regulariser, number of loss terms)`` of one training batch of ``kind``
+        ('collaborative', 'content' or 'recommendation', with ``held_out`` targets) built from documents."""
+        if kind == "recommendation":
+            return (*self.recommendation_loss(*self.recommendation_batch(documents, held_out)), len(documents))
+        tokens, attention_mask, target_mask = (tensor.to(self.device) for tensor in pad_documents(documents))
+        loss_function = self.collaborative_loss if kind == "collaborative" else self.content_loss
+        return (*loss_function(tokens, attention_mask, target_mask), int(target_mask.sum()))
+
     def calculate_loss(self, interaction):
         """The finetuning objective for the users of ``interaction`` (a fresh random mask each call)."""
         users = torch.unique(interaction[self.USER_ID]).tolist()
