@@ -165,8 +165,15 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         trainer = UserSplitSequentialTrainer(config, recommender, user_sequences)
     else:
         trainer = get_trainer(config["MODEL_TYPE"], model)(config, recommender)
+    valid_curve = []
+
+    def record_validation(epoch, valid_score):
+        valid_curve.append([int(epoch), float(valid_score)])
+        if callback_fn:
+            callback_fn(epoch, valid_score)
+
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=True, show_progress=config["show_progress"], callback_fn=callback_fn
+        train_data, valid_data, saved=True, show_progress=config["show_progress"], callback_fn=record_validation
     )
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     record = {
@@ -178,6 +185,8 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "best_valid_score": float(best_valid_score),
         "valid": {key: float(value) for key, value in (best_valid_result or {}).items()},
         "test": {key: float(value) for key, value in test_result.items()},
+        "epochs_run": len(trainer.train_loss_dict),
+        "valid_curve": valid_curve,  # [epoch, validation score] at every validation
         "config_files": [os.path.relpath(path, PROJECT_ROOT) if Path(path).is_absolute() else path for path in files],
         "command_line_overrides": list(recbole_arguments),
         "config": json_safe(config.final_config_dict),
