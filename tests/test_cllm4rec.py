@@ -219,3 +219,22 @@ def test_registration_with_plain_recbole_calls(data_root, tmp_path, tiny_llama):
     loaded_config, model, *_ = load_data_and_model(str(checkpoint))
     assert loaded_config["model"] == "CLLM4Rec"
     assert torch.equal(model.collaborative_item_embedding.weight, saved["state_dict"]["collaborative_item_embedding.weight"])
+
+
+def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path, tiny_llama):
+    _, plain, *_ = build(data_root, tmp_path, tiny_llama)
+    _, scaled, *_ = build(data_root, tmp_path, tiny_llama, item_logit_scale=0.25)
+    assert plain.item_logit_scale is None and "item_logit_scale" in scaled.state_dict()
+    scaled.load_state_dict(plain.state_dict() | {"item_logit_scale": scaled.item_logit_scale.detach().clone()})
+    users = {plain.USER_ID: torch.arange(1, 5)}
+    plain.eval(), scaled.eval()
+    expected, observed = plain.full_sort_predict(users), scaled.full_sort_predict(users)
+    assert torch.isinf(observed[:, 0]).all()
+    torch.testing.assert_close(observed[:, 1:], 0.25 * expected[:, 1:])
+
+    optimizer = torch.optim.Adam(scaled.trainable_parameters(), lr=0.01)
+    documents, held_out = scaled.corpus.recommendation_documents(range(1, 9), 0.2, torch.Generator().manual_seed(0))
+    language_loss, regularization, _ = scaled.document_loss("recommendation", documents, held_out)
+    (language_loss + regularization).backward()
+    optimizer.step()
+    assert float(scaled.item_logit_scale) != 0.25

@@ -83,6 +83,12 @@ class CLLM4Rec(GeneralRecommender):
         self.item_head.weight = self.collaborative_item_embedding.weight
         self.vocab_head = nn.Linear(hidden_size, self.vocab_size, bias=False)
         self.vocab_head.weight = word_embeddings.weight
+        # A learned scalar on the item logits (None: none, as in the paper). The frozen LM's last hidden
+        # states are long (norm ~40 on SmolLM2) and nearly parallel across prompts, so with item
+        # embeddings at the token-embedding scale the initial item logits spread with std ~5: the item
+        # softmax starts far worse than uniform and the first hundreds of steps go to undoing that.
+        logit_scale = config["item_logit_scale"]
+        self.item_logit_scale = None if logit_scale is None else nn.Parameter(torch.tensor(float(logit_scale)))
 
         content_users, content_items = self.corpus.content_ids()
         self.register_buffer("user_has_content", content_users, persistent=False)
@@ -168,6 +174,8 @@ class CLLM4Rec(GeneralRecommender):
         with self._autocast():
             logits = self.item_head(hidden)
         logits = logits.float()
+        if self.item_logit_scale is not None:
+            logits = logits * self.item_logit_scale
         logits[:, 0] = float("-inf")  # RecBole's padding item is never a valid prediction
         return logits
 
