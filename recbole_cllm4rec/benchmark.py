@@ -225,10 +225,12 @@ def json_safe(value):
 
 
 def git_commit():
+    """HEAD, with ``-dirty`` when tracked code or configuration differs from it. ``results/`` is left out:
+    every run rewrites the tables there, which changes nothing that runs."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"], cwd=PROJECT_ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
