@@ -1,0 +1,135 @@
+"""Short CLLM4Rec training probes on a fixed subset of validation users: what a change does to learning,
+in minutes instead of a full run.
+
+    python scripts/probe.py --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml \
+        --schedule=collaborative,recommendation --label="collab + 1 finetune" [--users=2000] \
+        [--output=results/amazon-beauty-probes.md] [--key=value ...]
+
+``--schedule`` lists the passes in order (``collaborative``, ``content``, ``recommendation``), each one
+pass over its corpus exactly as ``CLLM4RecTrainer`` builds it, with one Adam optimizer over the trainable
+parameters at ``learning_rate`` (finetuning's rate: probes compare changes, not the full schedule). After
+every pass it prints the mean training loss and Recall@20 / NDCG@100 on ``--users`` validation users
+drawn once with a fixed seed, ranked over all items with training items masked (RecBole's full-ranking
+definitions). These are probe figures, not table rows: the table comes from ``run_benchmark.py``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
+
+PASS_KINDS = ("collaborative", "content", "recommendation")
+
+
+def validation_subset(valid_dataset, n_users, seed=0):
+    """``{user: validation items}`` for ``n_users`` users drawn with a fixed seed."""
+    users = valid_dataset.inter_feat[valid_dataset.uid_field].numpy()
+    items = valid_dataset.inter_feat[valid_dataset.iid_field].numpy()
+    chosen = np.random.default_rng(seed).choice(np.unique(users), min(n_users, len(np.unique(users))), replace=False)
+    targets = {int(user): [] for user in np.sort(chosen)}
+    for user, item in zip(users, items):
+        if int(user) in targets:
+            targets[int(user)].append(int(item))
+    return targets
+
+
+@torch.no_grad()
+def recall_ndcg(model, targets, k_recall=20, k_ndcg=100):
+    model.eval()
+    users = list(targets)
+    scores = model.full_sort_predict({model.USER_ID: torch.tensor(users)})
+    k_ndcg = min(k_ndcg, scores.shape[1] - 1)  # small catalogues
+    recalls, ndcgs = [], []
+    discounts = 1 / np.log2(np.arange(2, k_ndcg + 2))
+    for row, user in enumerate(users):
+        row_scores = scores[row]
+        row_scores[torch.as_tensor(model.corpus.user_histories[user], dtype=torch.long)] = -float("inf")
+        top = torch.topk(row_scores, k_ndcg).indices.numpy()
+        hits = np.isin(top, targets[user])
+        recalls.append(hits[:k_recall].sum() / min(k_recall, len(targets[user])))
+        ndcgs.append((hits * discounts).sum() / discounts[: min(k_ndcg, len(targets[user]))].sum())
+    return float(np.mean(recalls)), float(np.mean(ndcgs))
+
+
+def run_pass(model, kind, optimizer, budget, generator):
+    corpus = model.corpus
+    held_out = None
+    if kind == "collaborative":
+        documents = corpus.collaborative_documents()
+    elif kind == "content":
+        documents = corpus.sampled_content_documents(generator)
+    else:
+        documents, held_out = corpus.recommendation_documents(range(1, len(corpus.user_histories)), model.mask_ratio, generator)
+    model.train()
+    losses = []
+    for batch in bucket_batches([len(document.tokens) for document in documents], budget, generator):
+        targets = [held_out[k] for k in batch] if held_out is not None else None
+        language_loss, regularization, _ = model.document_loss(kind, [documents[k] for k in batch], targets)
+        optimizer.zero_grad(set_to_none=True)
+        (language_loss + regularization).backward()
+        optimizer.step()
+        losses.append(float(language_loss))
+    return float(np.mean(losses)), len(losses)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--config_files", default="")
+    parser.add_argument("--schedule", default="recommendation")
+    parser.add_argument("--label", default=None)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--output", default=None, help="append one row per pass to this markdown file")
+    arguments, recbole_arguments = parser.parse_known_args(argv)
+    schedule = [kind.strip() for kind in arguments.schedule.split(",") if kind.strip()]
+    unknown = [kind for kind in schedule if kind not in PASS_KINDS]
+    if unknown:
+        parser.error(f"unknown pass kind(s) {unknown}; use {', '.join(PASS_KINDS)}")
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
+                             [path for path in arguments.config_files.replace(",", " ").split() if path])
+    config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False}, recbole_arguments)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
+    targets = validation_subset(valid_data._dataset, arguments.users)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["learning_rate"])
+    label = arguments.label or " ".join(recbole_arguments) or "defaults"
+
+    rows = [(0, "init", 0, float("nan"), *recall_ndcg(model, targets), 0.0)]
+    print(f"init: recall@20 {rows[0][4]:.4f} ndcg@100 {rows[0][5]:.4f}", flush=True)
+    started, steps = perf_counter(), 0
+    for position, kind in enumerate(schedule, start=1):
+        loss, n_steps = run_pass(model, kind, optimizer, config["train_batch_tokens"],
+                                 torch.Generator().manual_seed(config["seed"] + position))
+        steps += n_steps
+        recall, ndcg = recall_ndcg(model, targets)
+        rows.append((position, kind, steps, loss, recall, ndcg, perf_counter() - started))
+        print(f"pass {position} {kind}: {n_steps} steps, loss {loss:.3f}, recall@20 {recall:.4f}, ndcg@100 {ndcg:.4f}, "
+              f"{perf_counter() - started:.0f} s", flush=True)
+
+    if arguments.output:
+        command = "python scripts/probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        path = Path(arguments.output)
+        header = "" if path.exists() else (
+            "| probe | pass | kind | steps so far | mean loss | recall@20 | ndcg@100 | seconds |\n|---|---|---|---|---|---|---|---|\n")
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(header + "".join(
+                f"| {label} | {position} | {kind} | {steps} | {loss:.3f} | {recall:.4f} | {ndcg:.4f} | {seconds:.0f} |\n"
+                for position, kind, steps, loss, recall, ndcg, seconds in rows))
+            handle.write(f"| `{command}` | | | | | | | |\n")
+
+
+if __name__ == "__main__":
+    main()
