@@ -123,7 +123,8 @@ class CLLM4RecCorpus:
         self.user_text_template = PromptTemplate(templates["user_text"], tokenizer, self.token_space)
         self.recommendation_template = PromptTemplate(templates["recommendation"], tokenizer, self.token_space)
         self.user_histories = user_histories(dataset)  # time order; fixed across epochs and scoring
-        self.content_documents = self._content_documents(config)
+        self.content_lm = config["content_lm"]
+        self.content_documents = self._content_documents(config) if self.content_lm else []
         self.content_summary = self._summarise_content()
         if logger is not None:
             logger.info(self.content_summary)
@@ -189,6 +190,8 @@ class CLLM4RecCorpus:
         return Document(np.concatenate([prompt, main]), len(prompt))
 
     def _summarise_content(self):
+        if not self.content_lm:
+            return "CLLM4Rec: content_lm is False; training the collaborative side only (no content passes, no mutual regularisation)."
         if not self.content_documents:
             return "CLLM4Rec: this dataset has no usable text; training the collaborative side only."
         parts = ", ".join(f"{count} from {source}" for source, count in self.content_sources.items())

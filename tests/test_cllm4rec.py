@@ -186,6 +186,15 @@ def test_dataset_without_text_trains_collaborative_only(data_root, tmp_path, tin
     trainer.fit(train_data, valid_data)
 
 
+def test_content_lm_off_drops_every_content_part(data_root, tmp_path, tiny_llama):
+    config, model, *_ = build(data_root, tmp_path, tiny_llama, content_lm=False)
+    assert not model.corpus.has_content and "content_lm is False" in model.corpus.content_summary
+    assert set(CLLM4RecTrainer(config, model).pretrain_schedule) == {"collaborative"}
+    documents = model.corpus.collaborative_documents()
+    tokens, _, _ = pad_documents(documents)
+    assert float(model.mutual_regularization(tokens, "collaborative")) == 0.0
+
+
 def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
     with pytest.raises(ValueError, match="finetune_target"):
         build(data_root, tmp_path, tiny_llama, finetune_target="everything")
