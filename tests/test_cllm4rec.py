@@ -247,3 +247,9 @@ def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path,
     (language_loss + regularization).backward()
     optimizer.step()
     assert float(scaled.item_logit_scale) != 0.25
+
+    _, per_dimension, *_ = build(data_root, tmp_path, tiny_llama, item_logit_scale=0.25, item_logit_scale_per_dimension=True)
+    assert per_dimension.item_logit_scale.shape == (per_dimension.collaborative_item_embedding.embedding_dim,)
+    per_dimension.load_state_dict(plain.state_dict() | {"item_logit_scale": per_dimension.item_logit_scale.detach().clone()})
+    per_dimension.eval()
+    torch.testing.assert_close(per_dimension.full_sort_predict(users)[:, 1:], 0.25 * expected[:, 1:])

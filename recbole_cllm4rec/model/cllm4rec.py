@@ -87,8 +87,14 @@ class CLLM4Rec(GeneralRecommender):
         # states are long (norm ~40 on SmolLM2) and nearly parallel across prompts, so with item
         # embeddings at the token-embedding scale the initial item logits spread with std ~5: the item
         # softmax starts far worse than uniform and the first hundreds of steps go to undoing that.
+        # ``item_logit_scale_per_dimension`` makes it one scale per hidden dimension (a learned diagonal
+        # reweighting of the last hidden state), so the head can damp the few large, prompt-independent
+        # dimensions and amplify the ones that carry the user's history.
         logit_scale = config["item_logit_scale"]
-        self.item_logit_scale = None if logit_scale is None else nn.Parameter(torch.tensor(float(logit_scale)))
+        shape = (hidden_size,) if config["item_logit_scale_per_dimension"] else ()
+        self.item_logit_scale = (
+            None if logit_scale is None else nn.Parameter(torch.full(shape, float(logit_scale)))
+        )
 
         content_users, content_items = self.corpus.content_ids()
         self.register_buffer("user_has_content", content_users, persistent=False)
@@ -171,11 +177,11 @@ class CLLM4Rec(GeneralRecommender):
         return output.last_hidden_state
 
     def _item_logits(self, hidden):
+        if self.item_logit_scale is not None:
+            hidden = hidden * self.item_logit_scale
         with self._autocast():
             logits = self.item_head(hidden)
         logits = logits.float()
-        if self.item_logit_scale is not None:
-            logits = logits * self.item_logit_scale
         logits[:, 0] = float("-inf")  # RecBole's padding item is never a valid prediction
         return logits
 
