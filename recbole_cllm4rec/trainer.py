@@ -112,7 +112,7 @@ class CLLM4RecTrainer(Trainer):
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
-            totals += torch.tensor([float(language_loss), float(regularization)])
+            totals += torch.tensor([float(language_loss.detach()), float(regularization.detach())])
             steps += 1
             progress.set_postfix(loss=f"{float(language_loss):.4f}")
         return tuple((totals / max(steps, 1)).tolist())
