@@ -54,7 +54,7 @@ def recall_ndcg(model, targets, k_recall=20, k_ndcg=100):
         row_scores[torch.as_tensor(model.corpus.user_histories[user], dtype=torch.long)] = -float("inf")
         top = torch.topk(row_scores, k_ndcg).indices.numpy()
         hits = np.isin(top, targets[user])
-        recalls.append(hits[:k_recall].sum() / min(k_recall, len(targets[user])))
+        recalls.append(hits[:k_recall].sum() / len(targets[user]))  # RecBole's Recall (the table's)
         ndcgs.append((hits * discounts).sum() / discounts[: min(k_ndcg, len(targets[user]))].sum())
     return float(np.mean(recalls)), float(np.mean(ndcgs))
 

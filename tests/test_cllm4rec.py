@@ -253,3 +253,19 @@ def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path,
     per_dimension.load_state_dict(plain.state_dict() | {"item_logit_scale": per_dimension.item_logit_scale.detach().clone()})
     per_dimension.eval()
     torch.testing.assert_close(per_dimension.full_sort_predict(users)[:, 1:], 0.25 * expected[:, 1:])
+
+
+def test_probe_metrics_match_recbole_evaluator(tiny):
+    import importlib.util
+
+    from conftest import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("probe", PROJECT_ROOT / "scripts" / "probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    config, model, train_data, valid_data, _ = tiny
+    targets = probe.validation_subset(valid_data._dataset, n_users=10**6)
+    recall, ndcg = probe.recall_ndcg(model, targets, k_recall=10, k_ndcg=10)
+    result = CLLM4RecTrainer(config, model).evaluate(valid_data, load_best_model=False)
+    assert recall == pytest.approx(result["recall@10"], abs=1e-4)
+    assert ndcg == pytest.approx(result["ndcg@10"], abs=1e-4)
