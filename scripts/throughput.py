@@ -65,6 +65,24 @@ def plugin_rate(model, kind, documents, batches, held_out=None):
     return real_tokens / elapsed, shapes, real_tokens / sum(b * l for b, l in shapes)
 
 
+def schedule_tokens(model, config):
+    """Real tokens one full run of ``config``'s schedule computes: training passes (forward + backward) and
+    validation scoring (forward only, every ``eval_step`` epochs, all epochs assumed to run)."""
+    corpus, generator = model.corpus, torch.Generator().manual_seed(0)
+    per_pass = {"collaborative": sum(len(d.tokens) for d in corpus.collaborative_documents())}
+    per_pass["content"] = sum(len(d.tokens) for d in corpus.sampled_content_documents(generator)) if corpus.has_content else 0
+    documents, _ = corpus.recommendation_documents(range(1, len(corpus.user_histories)), model.mask_ratio, generator)
+    per_pass["recommendation"] = sum(len(d.tokens) for d in documents)
+    scoring = sum(len(corpus.scoring_document(user).tokens) for user in range(1, len(corpus.user_histories)))
+    content_passes = (config["content_warmup_epochs"] + config["pretrain_rounds"]) if corpus.has_content else 0
+    if corpus.has_content and config["finetune_content_passes"]:
+        content_passes += config["epochs"]
+    training = (config["pretrain_rounds"] * per_pass["collaborative"] + content_passes * per_pass["content"]
+                + config["epochs"] * per_pass["recommendation"])
+    validations = config["epochs"] // max(config["eval_step"], 1)
+    return per_pass, training, scoring * (validations + 1)  # + the test pass
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty")
@@ -86,6 +104,10 @@ def main(argv=None):
     model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
     corpus, generator = model.corpus, torch.Generator().manual_seed(0)
     budget = config["train_batch_tokens"]
+
+    per_pass, training_tokens, scoring_tokens = schedule_tokens(model, config)
+    print("tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
+          + f"; whole schedule: {training_tokens:,} training tokens, {scoring_tokens:,} scoring tokens", flush=True)
 
     rows = []
     kinds = [("collaborative", corpus.collaborative_documents(), None)]
@@ -119,7 +141,10 @@ def main(argv=None):
                  "| step | plugin real tok/s | raw backbone tok/s | ratio | real / padded tokens |", "|---|---|---|---|---|"]
         lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {ratio:.2f} | {density:.3f} |" for kind, rate, raw, ratio, density, _ in rows]
         lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
-                  f"Peak memory (max RSS): {peak_gib:.2f} GiB.", ""]
+                  f"Peak memory (max RSS): {peak_gib:.2f} GiB.", "",
+                  "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
+                  + f". The whole schedule of this config: {training_tokens:,} training tokens and {scoring_tokens:,} "
+                  "scoring tokens (every epoch run, validation every `eval_step`, plus the test pass).", ""]
         with open(arguments.output, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
 
