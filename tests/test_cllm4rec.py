@@ -269,3 +269,20 @@ def test_probe_metrics_match_recbole_evaluator(tiny):
     result = CLLM4RecTrainer(config, model).evaluate(valid_data, load_best_model=False)
     assert recall == pytest.approx(result["recall@10"], abs=1e-4)
     assert ndcg == pytest.approx(result["ndcg@10"], abs=1e-4)
+
+
+def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
+    from recbole_cllm4rec.corpus import Document
+
+    _, model, *_ = tiny
+    model.eval()
+    long = model.corpus.scoring_document(1)
+    short = Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7)
+    with torch.no_grad():
+        tokens, attention_mask, _ = pad_documents([short, long])
+        assert not attention_mask.all()
+        padded = model.hidden_states(tokens, attention_mask, "collaborative")[0, len(short.tokens) - 1]
+        tokens, attention_mask, _ = pad_documents([short])
+        assert attention_mask.all()
+        alone = model.hidden_states(tokens, attention_mask, "collaborative")[0, -1]
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)

@@ -170,10 +170,11 @@ class CLLM4Rec(GeneralRecommender):
 
     def hidden_states(self, tokens, attention_mask, side):
         """Last-layer hidden states [B, L, H] of the frozen backbone (after its final norm)."""
+        # A batch without padding (length bucketing makes many) runs with no mask: the backbone then takes
+        # its plain causal-attention path instead of building and applying a padding mask.
+        mask = None if bool(attention_mask.all()) else attention_mask.long()
         with self._autocast():
-            output = self.backbone.base_model(
-                inputs_embeds=self._embed(tokens, side), attention_mask=attention_mask.long(), use_cache=False
-            )
+            output = self.backbone.base_model(inputs_embeds=self._embed(tokens, side), attention_mask=mask, use_cache=False)
         return output.last_hidden_state
 
     def _item_logits(self, hidden):
