@@ -1,0 +1,102 @@
+"""How much of the frozen backbone CLLM4Rec can use at a given depth, before any training.
+
+    python scripts/diagnose_backbone.py --dataset=amazon-beauty --layers=2,8,16,30 \
+        [--config_files=...] [--item_logit_scale=0.1] [--output=results/amazon-beauty-diagnostics.md]
+
+For each ``llm_num_layers`` it builds CLLM4Rec with fresh soft tokens and reports, with no gradient step:
+- content loss: the content LM's cross-entropy per main-text token on the first ``--documents`` content
+  documents (a uniform guess over the vocabulary costs ln(vocabulary size));
+- item loss: the finetuning loss per held-out item on ``--users`` users (uniform: ln(number of items));
+- the scoring prompt's last hidden state: its mean norm, the mean cosine between users, and how far it moves
+  when a user's history is swapped for another user's (the signal the item head can use).
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.corpus import Document, pad_documents  # noqa: E402
+
+
+def last_states(model, documents):
+    tokens, attention_mask, _ = pad_documents(documents)
+    hidden = model.hidden_states(tokens, attention_mask, "collaborative")
+    return hidden[torch.arange(len(documents)), attention_mask.sum(1) - 1]
+
+
+@torch.no_grad()
+def diagnose(model, n_documents, n_users):
+    model.eval()
+    corpus = model.corpus
+    row = {}
+    if corpus.has_content:
+        content_loss, _, _ = model.document_loss("content", corpus.sampled_content_documents(torch.Generator().manual_seed(0))[:n_documents])
+        row["content loss"] = float(content_loss)
+    users = list(range(1, min(n_users, len(corpus.user_histories) - 1) + 1))
+    documents, held_out = corpus.recommendation_documents(users, model.mask_ratio, torch.Generator().manual_seed(0))
+    item_loss, _, _ = model.document_loss("recommendation", documents, held_out)
+    row["item loss"] = float(item_loss) * len(documents) / sum(len(items) for items in held_out)
+    template = corpus.recommendation_template
+    own = last_states(model, [Document(template.render(user=u, history=corpus.user_histories[u]), 0) for u in users])
+    others = users[1:] + users[:1]
+    swapped = last_states(model, [Document(template.render(user=u, history=corpus.user_histories[o]), 0)
+                                  for u, o in zip(users, others)])
+    unit = torch.nn.functional.normalize(own, dim=1)
+    row["hidden norm"] = float(own.norm(dim=1).mean())
+    row["cosine between users"] = float((unit @ unit.T).mean())
+    row["move when history swapped"] = float((own - swapped).norm(dim=1).mean())
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--config_files", default="")
+    parser.add_argument("--layers", default="2,30")
+    parser.add_argument("--documents", type=int, default=64)
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--output", default=None, help="write the table to this markdown file")
+    arguments, recbole_arguments = parser.parse_known_args(argv)
+
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
+                             [path for path in arguments.config_files.replace(",", " ").split() if path])
+    rows = []
+    for layers in [int(value) for value in arguments.layers.split(",")]:
+        config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False, "content_lm": True},
+                              [*recbole_arguments, f"--llm_num_layers={layers}"])
+        init_seed(config["seed"], config["reproducibility"])
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        model = get_model("CLLM4Rec")(config, train_data._dataset)
+        row = {"layers": model.backbone.config.num_hidden_layers, **diagnose(model, arguments.documents, arguments.users)}
+        rows.append(row)
+        print(", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()), flush=True)
+
+    uniform_vocabulary, uniform_items = math.log(model.vocab_size), math.log(model.n_items - 1)
+    if arguments.output:
+        command = "python scripts/diagnose_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        keys = list(rows[0])
+        path = Path(arguments.output)
+        lines = [] if path.exists() else [f"# CLLM4Rec's frozen backbone by depth, {arguments.dataset}, before training", ""]
+        lines += [f"Command: `{command}`", "",
+                 f"Uniform guesses: {uniform_vocabulary:.2f} nats per content token ({model.vocab_size:,} tokens), "
+                 f"{uniform_items:.2f} nats per held-out item ({model.n_items - 1:,} items). Losses are per token / per "
+                 f"held-out item with fresh soft tokens (`id_embedding_init` of the config) and the config's "
+                 f"`item_logit_scale` ({config['item_logit_scale']}).", "",
+                 "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(f"{row[key]:.4g}" if isinstance(row[key], float) else str(row[key]) for key in keys) + " |"
+                  for row in rows]
+        with path.open("a", encoding="utf-8") as handle:  # one section per invocation
+            handle.write("\n".join(lines) + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
