@@ -98,6 +98,17 @@ def check_dataset(dataset, folder, properties_dir, download=False):
     )
 
 
+def check_topk(config, dataset):
+    """Full ranking cannot take a top-k longer than the catalogue: say so before training, not after it."""
+    n_items = dataset.item_num - 1  # RecBole's item 0 is padding
+    too_long = [k for k in config["topk"] if k > n_items]
+    if too_long:
+        raise BenchmarkError(
+            f"topk {too_long} exceeds the {n_items} items of dataset '{config['dataset']}'. Set a shorter list, "
+            f"e.g. --topk=\"[5,10,20]\" --valid_metric=NDCG@10, or in properties/dataset/{config['dataset']}.yaml."
+        )
+
+
 # ----- one run ---------------------------------------------------------------------------------------------
 def config_files_for(model, dataset, properties_dir, extra_files=()):
     properties_dir = Path(properties_dir)
@@ -158,6 +169,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         dataset_object = create_dataset(config)
         train_data, valid_data, test_data = data_preparation(config, dataset_object)
     logger.info(dataset_object)
+    check_topk(config, dataset_object)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = get_model(model)(config, train_data._dataset).to(config["device"])

@@ -62,6 +62,13 @@ def test_unknown_model_lists_known_ones(data_root, properties, tmp_path):
         run_tiny("NoSuchRec", data_root, properties, tmp_path)
 
 
+def test_topk_longer_than_the_catalogue_is_refused_before_training(data_root, properties, tmp_path):
+    with pytest.raises(BenchmarkError, match=r"topk \[40\] exceeds the 24 items of dataset 'tiny'"):
+        benchmark.run("Pop", "tiny", properties_dir=properties, results_dir=tmp_path / "r",
+                      config_dict={"data_path": str(data_root), "topk": [5, 40]})
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_dataset_lists_available(data_root, properties, tmp_path):
     with pytest.raises(BenchmarkError, match=r"Unknown dataset 'nowhere'. Available: .*tiny"):
         benchmark.run("Pop", "nowhere", properties_dir=properties, results_dir=tmp_path / "r",

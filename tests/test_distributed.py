@@ -7,7 +7,8 @@ import textwrap
 
 from conftest import PROJECT_ROOT, cllm4rec_config
 
-TOLERANCE = 0.05  # absolute, on every test metric of the tiny dataset (see test docstring)
+TOLERANCE = 0.05  # absolute, on every test metric of the tiny dataset: two users' worth at Recall@10 (see test docstring)
+ROUNDING = 1e-9  # RecBole rounds metrics to 4 decimals; differences of rounded values carry float error
 
 
 def run_processes(tmp_path, config, nproc, port):
@@ -38,4 +39,4 @@ def test_two_gloo_processes_match_one_process(data_root, tmp_path, tiny_llama):
     double = run_processes(tmp_path, dict(config, checkpoint_dir=str(tmp_path / "two")), 2, 29612)
     assert set(single) == set(double)
     for metric, value in single.items():
-        assert abs(double[metric] - value) <= TOLERANCE, (metric, value, double[metric])
+        assert abs(double[metric] - value) <= TOLERANCE + ROUNDING, (metric, value, double[metric])
