@@ -14,6 +14,7 @@ definitions). These are probe figures, not table rows: the table comes from ``ru
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from time import perf_counter
@@ -120,7 +121,7 @@ def main(argv=None):
               f"{perf_counter() - started:.0f} s", flush=True)
 
     if arguments.output:
-        command = "python scripts/probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/probe.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         path = Path(arguments.output)
         header = "" if path.exists() else (
             "| probe | pass | kind | steps so far | mean loss | recall@20 | ndcg@100 | seconds |\n|---|---|---|---|---|---|---|---|\n")
