@@ -140,6 +140,21 @@ def build_config(model, dataset, config_files, config_dict, recbole_arguments=()
         return Config(model=model, dataset=dataset, config_file_list=list(config_files), config_dict=dict(config_dict))
 
 
+def build_cllm4rec(dataset, config_files="", config_dict=None, recbole_arguments=()):
+    """``(config, model, train_data, valid_data)`` for the analysis scripts: CLLM4Rec on ``dataset`` under the
+    protocol, the extra ``config_files`` (comma or space separated) and ``--key=value`` arguments, untrained."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    extra_files = [path for path in config_files.replace(",", " ").split() if path]
+    files = config_files_for("CLLM4Rec", dataset, PROJECT_ROOT / "properties", extra_files)
+    config = build_config("CLLM4Rec", dataset, files, {"show_progress": False, **(config_dict or {})}, recbole_arguments)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
+    return config, model, train_data, valid_data
+
+
 def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
         config_files=(), config_dict=None, recbole_arguments=(), download=False, label=None, callback_fn=None,
         extra_record=None, write=True):

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import Document, pad_documents  # noqa: E402
 
 
@@ -64,18 +64,10 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the table to this markdown file")
     arguments, recbole_arguments = parser.parse_known_args(argv)
 
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_seed
-
-    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
-                             [path for path in arguments.config_files.replace(",", " ").split() if path])
     rows = []
     for layers in [int(value) for value in arguments.layers.split(",")]:
-        config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False, "content_lm": True},
-                              [*recbole_arguments, f"--llm_num_layers={layers}"])
-        init_seed(config["seed"], config["reproducibility"])
-        train_data, _, _ = data_preparation(config, create_dataset(config))
-        model = get_model("CLLM4Rec")(config, train_data._dataset)
+        config, model, _, _ = build_cllm4rec(arguments.dataset, arguments.config_files, {"content_lm": True},
+                                             [*recbole_arguments, f"--llm_num_layers={layers}"])
         row = {"layers": model.backbone.config.num_hidden_layers, **diagnose(model, arguments.documents, arguments.users)}
         rows.append(row)
         print(", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()), flush=True)

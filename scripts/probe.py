@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
 PASS_KINDS = ("collaborative", "content", "recommendation")
@@ -95,15 +95,8 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown pass kind(s) {unknown}; use {', '.join(PASS_KINDS)}")
 
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_seed
-
-    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
-                             [path for path in arguments.config_files.replace(",", " ").split() if path])
-    config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False}, recbole_arguments)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
+    config, model, _, valid_data = build_cllm4rec(arguments.dataset, arguments.config_files,
+                                                  recbole_arguments=recbole_arguments)
     targets = validation_subset(valid_data._dataset, arguments.users)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["learning_rate"])
     label = arguments.label or " ".join(recbole_arguments) or "defaults"

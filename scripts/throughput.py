@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import PROJECT_ROOT, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
 
@@ -92,16 +92,7 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="append the figures to this markdown file")
     arguments, recbole_arguments = parser.parse_known_args(argv)
 
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_seed
-
-    files = config_files_for("CLLM4Rec", arguments.dataset, PROJECT_ROOT / "properties",
-                             [path for path in arguments.config_files.replace(",", " ").split() if path])
-    config = build_config("CLLM4Rec", arguments.dataset, files, {"show_progress": False}, recbole_arguments)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
+    config, model, _, _ = build_cllm4rec(arguments.dataset, arguments.config_files, recbole_arguments=recbole_arguments)
     corpus, generator = model.corpus, torch.Generator().manual_seed(0)
     budget = config["train_batch_tokens"]
 
