@@ -253,7 +253,8 @@ def json_safe(value):
 
 def git_commit():
     """HEAD, with ``-dirty`` when tracked code or configuration differs from it. ``results/`` is left out:
-    every run rewrites the tables there, which changes nothing that runs."""
+    every run rewrites the tables there, which changes nothing that runs. Outside a git checkout:
+    ``$RECBOLE_CLLM4REC_GIT_COMMIT`` if set, else None."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -261,7 +262,8 @@ def git_commit():
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        # A copy of the tree without .git (a remote GPU machine): the caller states what it copied.
+        return os.environ.get("RECBOLE_CLLM4REC_GIT_COMMIT")
 
 
 def machine_description(config):

@@ -7,7 +7,9 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 ``{type: float|int|categorical, low, high, log, step, choices}``. The study lives in SQLite
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
-marked failed when the search resumes, and the search runs only the trials still missing.
+marked failed when the search resumes, and the search runs only the trials still missing. Several
+workers on one study (the same command started more than once, here or on other machines) share
+``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
 
 Every epoch's validation score reaches the trial through the trainer's ``callback_fn`` (RecBole's
 trainers and CLLM4Rec's finetuning stage alike), and Optuna's median pruner stops unpromising trials.
@@ -36,6 +38,17 @@ def reached_verdict(trial):
     return state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) or (
         state == optuna.trial.TrialState.FAIL and "error" in trial.user_attrs
     )
+
+
+def stop_at_verdicts(n_trials):
+    """Stop this worker once the study as a whole (every worker sharing its storage) has ``n_trials``
+    verdicts; trials already running elsewhere still finish, so a search may overshoot by workers - 1."""
+
+    def callback(study, trial):
+        if sum(reached_verdict(other) for other in study.get_trials(deepcopy=False)) >= n_trials:
+            study.stop()
+
+    return callback
 
 
 def load_search_space(model, properties_dir):
@@ -119,7 +132,13 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         return record["best_valid_score"]
 
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True)
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
+                       callbacks=[stop_at_verdicts(n_trials)])
+    optuna.storages.fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
+    if any(trial.state == optuna.trial.TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
+        logger.info("Other workers are still running trials of this study: the last one to finish writes the "
+                    "outputs and trains the best configuration.")
+        return study
     output = Path(results_dir) / dataset / "tuning" / model
     write_outputs(study, output)
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):

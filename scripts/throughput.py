@@ -12,7 +12,8 @@ length-bucketed batches the trainer would use, and measures:
 The plugin's figure includes everything the raw one leaves out (ID-embedding assembly, its output heads,
 the loss, the optimizer), so a ratio near 1 means nearly all the time goes to the backbone itself.
 The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
-users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size.
+users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size, and
+on a GPU also the device's peak allocation. On a GPU every timing waits for the device to finish.
 """
 
 import argparse
@@ -29,18 +30,25 @@ from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
 
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def raw_backbone_rate(model, shapes, repeats=1):
     """Tokens per second of forward+backward through the frozen transformer on dense batches."""
     backbone = model.backbone
     hidden_size = backbone.get_input_embeddings().weight.shape[1]
     total_tokens, elapsed = 0, 0.0
     for batch_size, length in shapes:
-        inputs = (torch.randn(batch_size, length, hidden_size) * 0.1).requires_grad_(True)
+        inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
         for _ in range(repeats):
+            synchronize(model.device)
             started = perf_counter()
             with model._autocast():
                 hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
             hidden.float().square().mean().backward()
+            synchronize(model.device)
             elapsed += perf_counter() - started
             total_tokens += batch_size * length
     return total_tokens / elapsed
@@ -53,11 +61,13 @@ def plugin_rate(model, kind, documents, batches, held_out=None):
     for batch in batches:
         chosen = [documents[k] for k in batch]
         targets = [held_out[k] for k in batch] if kind == "recommendation" else None
+        synchronize(model.device)
         started = perf_counter()
         language_loss, regularization, _ = model.document_loss(kind, chosen, targets)  # the trainer's step
         optimizer.zero_grad(set_to_none=True)
         (language_loss + regularization).backward()
         optimizer.step()
+        synchronize(model.device)
         elapsed += perf_counter() - started
         lengths = [len(document.tokens) for document in chosen]
         real_tokens += sum(lengths)
@@ -118,21 +128,27 @@ def main(argv=None):
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
+    synchronize(model.device)
     started = perf_counter()
-    model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users)})
+    model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users, device=model.device)})
+    synchronize(model.device)
     users_per_second = len(scoring_users) / (perf_counter() - started)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"full ranking: {users_per_second:.0f} users/s over {len(scoring_users)} users; peak memory {peak_gib:.2f} GiB")
+    peak = f"{peak_gib:.2f} GiB"
+    if model.device.type == "cuda":
+        peak += f", GPU {torch.cuda.max_memory_allocated(model.device) / 2**30:.2f} GiB"
+    print(f"full ranking: {users_per_second:.0f} users/s over {len(scoring_users)} users; peak memory {peak}")
 
     if arguments.output:
         command = "python scripts/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [f"### {arguments.dataset}, {config['llm_path']} ({model.backbone.config.num_hidden_layers} layers), "
-                 f"mixed precision {config['mixed_precision']}, {torch.get_num_threads()} threads, "
+                 f"mixed precision {model.mixed_precision}, {torch.get_num_threads()} threads, "
+                 f"{torch.cuda.get_device_name(model.device) if model.device.type == 'cuda' else 'CPU'}, "
                  f"train_batch_tokens {budget}", "", f"Command: `{command}`", "",
                  "| step | plugin real tok/s | raw backbone tok/s | ratio | real / padded tokens |", "|---|---|---|---|---|"]
         lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {ratio:.2f} | {density:.3f} |" for kind, rate, raw, ratio, density, _ in rows]
         lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
-                  f"Peak memory (max RSS): {peak_gib:.2f} GiB.", "",
+                  f"Peak memory (max RSS): {peak}.", "",
                   "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
                   + f". The whole schedule of this config: {training_tokens:,} training tokens and {scoring_tokens:,} "
                   "scoring tokens (every epoch run, validation every `eval_step`, plus the test pass).", ""]
