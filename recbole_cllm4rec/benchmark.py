@@ -253,8 +253,11 @@ def json_safe(value):
 
 def git_commit():
     """HEAD, with ``-dirty`` when tracked code or configuration differs from it. ``results/`` is left out:
-    every run rewrites the tables there, which changes nothing that runs. Outside a git checkout:
-    ``$RECBOLE_CLLM4REC_GIT_COMMIT`` if set, else None."""
+    every run rewrites the tables there, which changes nothing that runs. ``$RECBOLE_CLLM4REC_GIT_COMMIT``,
+    where set, wins: a copy of the tree on another machine may carry no .git, or a stale one."""
+    stated = os.environ.get("RECBOLE_CLLM4REC_GIT_COMMIT")
+    if stated:
+        return stated
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -262,8 +265,7 @@ def git_commit():
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        # A copy of the tree without .git (a remote GPU machine): the caller states what it copied.
-        return os.environ.get("RECBOLE_CLLM4REC_GIT_COMMIT")
+        return None
 
 
 def machine_description(config):
@@ -344,20 +346,30 @@ def rebuild_tables(dataset, results_dir, properties_dir):
     for record in records:
         lines.append(f"| {record['label']} | " + " | ".join(format_metric(record["test"].get(m)) for m in metrics) + " |")
     lines += ["", "## Provenance", "",
-              "| model | config files and overrides | tuned | valid " + "/".join(["metric"]) + " | epochs run | wall time (s) | peak memory (GiB) | commit |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| model | config files and overrides | tuned | valid " + "/".join(["metric"]) + " | epochs run | wall time (s) | machine | peak memory (GiB) | commit |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for record in records:
         tuned = f"yes, {record['tuning']['n_trials']} trials" if record.get("tuning") else "no (defaults)"
         overrides = ", ".join(record["config_files"] + record.get("command_line_overrides", []))
         lines.append(
             f"| {record['label']} | {overrides} | {tuned} | {record['valid_metric']} = {record['best_valid_score']:.4f} "
-            f"| {record.get('epochs_run', '')} | {record['wall_time_s']} | {record['peak_memory_gib']} | "
+            f"| {record.get('epochs_run', '')} | {record['wall_time_s']} | {machine_label(record)} | {record['peak_memory_gib']} | "
             f"`{(record['git_commit'] or 'unknown')[:12]}` |"
         )
     lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
-              f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed.", ""]
+              f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed."]
+    lines += [f"- {record['label']}: {record['git_commit_note']}" for record in records if record.get("git_commit_note")]
+    lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
     plot_headline(records, results_dir / f"{dataset}.png", dataset)
+
+
+def machine_label(record):
+    machine = record.get("machine", {})
+    if machine.get("gpu"):
+        return machine["gpu"]
+    threads = machine.get("torch_threads")
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''}" if threads else "CPU"
 
 
 def format_metric(value, best=None):
