@@ -35,20 +35,23 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def raw_backbone_rate(model, shapes, repeats=1):
-    """Tokens per second of forward+backward through the frozen transformer on dense batches."""
+def raw_backbone_rate(model, shapes, repeats=1, warm_up=False):
+    """Tokens per second of forward+backward through the frozen transformer on dense batches; with
+    ``warm_up`` each shape runs once untimed first (a GPU picks kernels per new shape)."""
     backbone = model.backbone
     hidden_size = backbone.get_input_embeddings().weight.shape[1]
     total_tokens, elapsed = 0, 0.0
     for batch_size, length in shapes:
         inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
-        for _ in range(repeats):
+        for repeat in range(repeats + int(warm_up)):
             synchronize(model.device)
             started = perf_counter()
             with model._autocast():
                 hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
             hidden.float().square().mean().backward()
             synchronize(model.device)
+            if warm_up and repeat == 0:
+                continue
             elapsed += perf_counter() - started
             total_tokens += batch_size * length
     return total_tokens / elapsed
@@ -119,15 +122,20 @@ def main(argv=None):
     kinds.append(("recommendation", documents, held_out))
     for kind, documents, targets in kinds:
         batches = bucket_batches([len(d.tokens) for d in documents], budget, generator)[: arguments.batches]
-        plugin_rate(model, kind, documents, batches[:1], targets)  # warm-up
+        # Warm-up: on a GPU every batch shape once (kernel choice per new shape is not throughput), on a
+        # CPU one batch (a second pass over every batch would double a measurement of minutes).
+        on_gpu = model.device.type == "cuda"
+        plugin_rate(model, kind, documents, batches if on_gpu else batches[:1], targets)
         rate, shapes, density = plugin_rate(model, kind, documents, batches, targets)
-        raw = raw_backbone_rate(model, shapes)
+        raw = raw_backbone_rate(model, shapes, warm_up=on_gpu)
         rows.append((kind, rate, raw, rate / raw, density, shapes))
         print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw backbone {raw:8.0f} tok/s, ratio {rate / raw:.2f}, "
               f"real/padded {density:.3f}", flush=True)
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
+    if model.device.type == "cuda":  # warm-up, as above
+        model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users[:256], device=model.device)})
     synchronize(model.device)
     started = perf_counter()
     model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users, device=model.device)})

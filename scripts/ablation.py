@@ -1,0 +1,141 @@
+"""CLLM4Rec ablations under the benchmark protocol: what each part of the method contributes.
+
+    python scripts/ablation.py --dataset=amazon-all-beauty-18 --config_files=properties/model/CLLM4Rec-cpu.yaml \
+        --content_lm=True --content_warmup_epochs=1 --layers=1 --output=results/amazon-all-beauty-18-ablation-cpu.md
+
+Each variant is one full train / validate / test run through ``benchmark.run`` (same split, seed and
+protocol as the comparison tables), starting from the given configuration:
+
+- ``full``: the configuration as given (the content LM must be on: the other variants switch parts off);
+- ``no-content-lm``: ``content_lm: False``, no content corpus, content passes or mutual regularisation;
+- ``no-mutual-reg``: ``reg_weight: 0``, both LMs train but nothing passes between them;
+- ``no-pretraining``: ``pretrain_rounds: 0`` and ``content_warmup_epochs: 0``, finetuning starts from the
+  initial ID embeddings;
+- ``layers-K``: ``llm_num_layers: K``, one variant per ``--layers`` value (fewer backbone layers).
+
+Writes every record (full config, commit, machine) to the output's ``.json`` and a markdown table of the
+test headline metrics with their change against ``full``. Re-running with ``--variants`` replaces only
+those variants in an existing output.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recbole_cllm4rec import benchmark  # noqa: E402
+
+VARIANTS = {
+    "full": {},
+    "no-content-lm": {"content_lm": False},
+    "no-mutual-reg": {"reg_weight": 0.0},
+    "no-pretraining": {"pretrain_rounds": 0, "content_warmup_epochs": 0},
+}
+
+
+def variant_arguments(base_arguments, overrides):
+    """``--key=value`` arguments: the base ones, with the variant's keys replaced (RecBole refuses a key
+    given twice with different values)."""
+    kept = [argument for argument in base_arguments if argument.split("=", 1)[0].lstrip("-") not in overrides]
+    return kept + [f"--{key}={value}" for key, value in overrides.items()]
+
+
+def metric_columns(records):
+    """The paper's headline metrics where the dataset reports them; a small catalogue (top-k capped below
+    40 or 100) adds recall and NDCG at its shortest list and its validation metric instead."""
+    test = records[0]["test"]
+    columns = [metric for metric in benchmark.HEADLINE_METRICS if metric in test]
+    if len(columns) < len(benchmark.HEADLINE_METRICS):
+        shortest = min(int(metric.split("@")[1]) for metric in test)
+        columns += [f"recall@{shortest}", f"ndcg@{shortest}", records[0]["valid_metric"]]
+    return list(dict.fromkeys(metric for metric in columns if metric in test))
+
+
+def markdown(records, dataset, command):
+    headline = metric_columns(records)
+    full = next((record for record in records if record["variant"] == "full"), None)
+    lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties"), "",
+             f"Command: `{command}`", "",
+             "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
+             "|---" * (len(headline) + 6) + "|"]
+    for record in records:
+        cells = []
+        for metric in headline:
+            value = record["test"][metric]
+            change = ""
+            if full is not None and record is not full and full["test"][metric]:
+                change = f" ({(value / full['test'][metric] - 1) * 100:+.0f}%)"
+            cells.append(f"{value:.4f}{change}")
+        overrides = ", ".join(f"{key}={value}" for key, value in record["overrides"].items()) or "none"
+        lines.append(f"| {record['variant']} | {overrides} | " + " | ".join(cells)
+                     + f" | {record['epochs_run']} | {record['wall_time_s']:.0f} | {benchmark.machine_label(record)} |")
+    commits = sorted({str(record["git_commit"])[:12] for record in records})
+    lines += ["", f"Commit(s): {', '.join(commits)}. Every record, with its full configuration, is in the "
+              "`.json` beside this file.", ""]
+    return "\n".join(lines)
+
+
+def variant_order(record):
+    """full, the switched-off parts, then layer counts from deep to shallow."""
+    name = record["variant"]
+    if name in VARIANTS:
+        return (list(VARIANTS).index(name), 0)
+    return (len(VARIANTS), -int(name.split("-")[1]))
+
+
+def write_outputs(records, output, dataset, command):
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    output.write_text(markdown(records, dataset, command), encoding="utf-8")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--config_files", default="")
+    parser.add_argument("--layers", default="", help="comma-separated layer counts, one variant each")
+    parser.add_argument("--variants", default="", help="comma-separated subset of the variants to run")
+    parser.add_argument("--output", required=True, help="markdown file; the records go to the same name .json")
+    parser.add_argument("--merge", default="", help="comma-separated record files of earlier runs (say, one "
+                        "process per variant) to combine into --output instead of running anything")
+    arguments, recbole_arguments = parser.parse_known_args(argv)
+    output = Path(arguments.output)
+    if arguments.merge:
+        merged = {}
+        for path in arguments.merge.split(","):
+            for record in json.loads(Path(path).read_text(encoding="utf-8")):
+                merged[record["variant"]] = record
+        records = sorted(merged.values(), key=variant_order)
+        commands = sorted({record["ablation_command"] for record in records})
+        write_outputs(records, output, records[0]["dataset"], " ; ".join(commands))
+        return
+
+    variants = dict(VARIANTS)
+    for layers in filter(None, arguments.layers.split(",")):
+        variants[f"layers-{int(layers)}"] = {"llm_num_layers": int(layers)}
+    chosen = [name.strip() for name in arguments.variants.split(",") if name.strip()] or list(variants)
+    unknown = [name for name in chosen if name not in variants]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(variants)}")
+
+    records_path = output.with_suffix(".json")
+    records = json.loads(records_path.read_text(encoding="utf-8")) if records_path.exists() else []
+    command = "python scripts/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    config_files = [path for path in arguments.config_files.replace(",", " ").split() if path]
+    for name in chosen:
+        overrides = variants[name]
+        record = benchmark.run("CLLM4Rec", arguments.dataset, config_files=config_files,
+                               recbole_arguments=variant_arguments(recbole_arguments, overrides),
+                               label=f"CLLM4Rec-{name}", write=False)
+        record.update(variant=name, overrides=overrides, ablation_command=command)
+        records = sorted([kept for kept in records if kept["variant"] != name] + [record], key=variant_order)
+        write_outputs(records, output, arguments.dataset, command)
+        print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in metric_columns([record])),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
