@@ -307,12 +307,22 @@ def metric_columns(records):
     return sorted(names, key=lambda name: (name.split("@")[0], int(name.split("@")[1]) if "@" in name else 0))
 
 
-def protocol_text(properties_dir):
+def protocol_text(properties_dir, dataset=None):
+    """The protocol sentence above every table: ``overall.yaml``, with the keys the dataset's own
+    properties file overrides (a small catalogue's top-k and validation metric) named as such."""
     with open(Path(properties_dir) / "overall.yaml", encoding="utf-8") as handle:
         protocol = yaml.safe_load(handle)
+    source = "`properties/overall.yaml`"
+    dataset_file = Path(properties_dir) / "dataset" / f"{dataset}.yaml"
+    if dataset and dataset_file.exists():
+        with open(dataset_file, encoding="utf-8") as handle:
+            overrides = {key: value for key, value in (yaml.safe_load(handle) or {}).items() if key in protocol}
+        if overrides:
+            protocol.update(overrides)
+            source += f", with {', '.join(sorted(overrides))} from `properties/dataset/{dataset}.yaml`"
     split = protocol["eval_args"]["split"]
     return (
-        f"**Protocol** (`properties/overall.yaml`): per-user random split {split} "
+        f"**Protocol** ({source}): per-user random split {split} "
         f"(RecBole `RS`, order `{protocol['eval_args']['order']}`, group by `{protocol['eval_args']['group_by']}`), "
         f"full ranking over all items with training items masked (and validation items for test), seed "
         f"{protocol['seed']}, metrics {', '.join(protocol['metrics'])} at {protocol['topk']}; model selection and "
@@ -335,7 +345,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         writer.writerow(["model", *metrics])
         for record in records:
             writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics)])
-    lines = [f"# {dataset}", "", protocol_text(properties_dir), "", f"![headline metrics]({dataset}.png)", "",
+    lines = [f"# {dataset}", "", protocol_text(properties_dir, dataset), "", f"![headline metrics]({dataset}.png)", "",
              "## Headline (test)", "", "| model | " + " | ".join(HEADLINE_METRICS) + " |",
              "|---" * (len(HEADLINE_METRICS) + 1) + "|"]
     best = {metric: max(record["test"].get(metric, -1) for record in records) for metric in HEADLINE_METRICS}

@@ -57,7 +57,7 @@ def metric_columns(records):
 def markdown(records, dataset, command):
     headline = metric_columns(records)
     full = next((record for record in records if record["variant"] == "full"), None)
-    lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties"), "",
+    lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
              f"Command: `{command}`", "",
              "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
              "|---" * (len(headline) + 6) + "|"]

@@ -128,11 +128,12 @@ def test_full_sort_predict_shape_predict_agreement_and_history_masking(tiny):
 def test_finetune_target_option(tiny):
     _, model, *_ = tiny
     documents, held_out = model.corpus.recommendation_documents([1], 0.2, torch.Generator().manual_seed(0))
-    _, _, targets = model.recommendation_batch(documents, held_out)
-    assert sorted(targets[0].tolist()) == sorted(held_out[0].tolist())
+    _, _, (rows, items) = model.recommendation_batch(documents, held_out)
+    assert rows.tolist() == [0] * len(held_out[0])
+    assert sorted(items.tolist()) == sorted(held_out[0].tolist())
     model.finetune_target = "all"
-    _, _, targets = model.recommendation_batch(documents, held_out)
-    assert sorted(targets[0].tolist()) == sorted(model.corpus.user_histories[1].tolist())
+    _, _, (rows, items) = model.recommendation_batch(documents, held_out)
+    assert sorted(items.tolist()) == sorted(model.corpus.user_histories[1].tolist())
 
 
 @pytest.mark.parametrize("interrupt_after_passes", [2, 7])  # during pretraining, during finetuning

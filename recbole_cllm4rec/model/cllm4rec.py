@@ -232,29 +232,33 @@ class CLLM4Rec(GeneralRecommender):
         language_loss = F.cross_entropy(logits.float(), tokens[rows, columns + 1])
         return language_loss, self.mutual_regularization(tokens, "content")
 
-    def recommendation_loss(self, tokens, attention_mask, target_items):
+    def recommendation_loss(self, tokens, attention_mask, targets):
         """Multinomial negative log-likelihood of the target items (as in Mult-VAE): for each prompt the
         sum of -log softmax over all items at the targets, averaged over prompts; plus the regulariser.
 
-        ``target_items`` is a list of LongTensors (held-out items of each prompt)."""
+        ``targets`` is ``(rows, items)``: one (prompt row, held-out item) pair per target."""
         lengths = attention_mask.sum(1)
         hidden = self.hidden_states(tokens, attention_mask, "collaborative")
         last_hidden = hidden[torch.arange(len(tokens), device=tokens.device), lengths - 1]
         log_probabilities = F.log_softmax(self._item_logits(last_hidden), dim=1)
-        rows = torch.cat([torch.full_like(items, row) for row, items in enumerate(target_items)])
-        columns = torch.cat(target_items)
+        rows, columns = targets
         likelihood = -log_probabilities[rows, columns].sum() / len(tokens)
         return likelihood, self.mutual_regularization(tokens, "collaborative", extra_items=columns)
 
     def recommendation_batch(self, documents, held_out):
-        """Tensors for ``recommendation_loss`` from finetuning documents and their held-out items."""
+        """Tensors for ``recommendation_loss`` from finetuning documents and their held-out items. The
+        targets are gathered on the host and moved in one copy (not one small copy per prompt)."""
         tokens, attention_mask, _ = pad_documents(documents)
-        targets = []
+        per_prompt = []
         for document, items in zip(documents, held_out):
+            items = np.asarray(items, dtype=np.int64)
             if self.finetune_target == "all":  # the reference code's target: the whole history
                 visible = document.tokens[document.tokens >= self.token_space.item_offset] - self.token_space.item_offset
-                items = np.union1d(items, visible)
-            targets.append(torch.as_tensor(items, dtype=torch.long, device=self.device))
+                items = np.union1d(items, np.asarray(visible, dtype=np.int64))
+            per_prompt.append(items)
+        rows = np.repeat(np.arange(len(per_prompt)), [len(items) for items in per_prompt])
+        columns = np.concatenate(per_prompt)
+        targets = (torch.from_numpy(rows).to(self.device), torch.from_numpy(columns).to(self.device))
         return tokens.to(self.device), attention_mask.to(self.device), targets
 
     def document_loss(self, kind, documents, held_out=None):
