@@ -66,3 +66,15 @@ def test_bad_trial_is_pruned_and_failures_recorded(data_root, properties, tmp_pa
 def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  # noqa: F811
     with pytest.raises(BenchmarkError, match=r"No search space for Pop: write .*hyper/Pop.yaml"):
         tuning.tune("Pop", "tiny", n_trials=1, properties_dir=properties, results_dir=tmp_path)
+
+
+def test_worker_leaves_outputs_to_the_last_one_still_running(data_root, properties, tmp_path):  # noqa: F811
+    study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
+    other_worker = study.ask()  # a trial another process is still running
+    search(data_root, properties, tmp_path, 2)
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    assert not (output / "best.yaml").exists() and not (tmp_path / "results" / "tiny" / "BPR-tuned.json").exists()
+    study.tell(other_worker, 0.0)
+    study = search(data_root, properties, tmp_path, 2)  # the study has its trials: this worker only finishes up
+    assert len(study.trials) == 3
+    assert (output / "best.yaml").is_file() and (tmp_path / "results" / "tiny" / "BPR-tuned.json").is_file()

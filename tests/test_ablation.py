@@ -1,0 +1,44 @@
+"""scripts/ablation.py's pure parts, and the protocol line a dataset's own properties change."""
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+
+from recbole_cllm4rec import benchmark
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ablation.py"
+spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def test_variant_overrides_replace_base_arguments_of_the_same_key():
+    base = ["--content_lm=True", "--llm_num_layers=4", "--epochs=3"]
+    assert ablation.variant_arguments(base, {"content_lm": False}) == ["--llm_num_layers=4", "--epochs=3",
+                                                                         "--content_lm=False"]
+    assert ablation.variant_arguments(base, {}) == base
+
+
+def test_small_catalogue_columns_fall_back_to_its_own_cutoffs():
+    small = {"test": {"recall@5": 0.5, "ndcg@5": 0.4, "recall@20": 0.9, "ndcg@10": 0.45}, "valid_metric": "ndcg@10"}
+    assert ablation.metric_columns([small]) == ["recall@20", "recall@5", "ndcg@5", "ndcg@10"]
+    full = {"test": {"recall@20": 0.1, "recall@40": 0.2, "ndcg@100": 0.05, "recall@10": 0.05}, "valid_metric": "ndcg@100"}
+    assert ablation.metric_columns([full]) == benchmark.HEADLINE_METRICS
+
+
+def test_variants_sort_full_first_then_deep_to_shallow():
+    names = ["layers-2", "no-pretraining", "layers-8", "full", "no-content-lm"]
+    ordered = sorted(({"variant": name} for name in names), key=ablation.variant_order)
+    assert [record["variant"] for record in ordered] == ["full", "no-content-lm", "no-pretraining", "layers-8", "layers-2"]
+
+
+def test_protocol_line_names_the_datasets_overrides(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "overall.yaml").write_text(yaml.safe_dump({
+        "seed": 1, "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user"},
+        "metrics": ["Recall"], "topk": [10, 100], "valid_metric": "NDCG@100"}))
+    (tmp_path / "dataset" / "small.yaml").write_text(yaml.safe_dump({"topk": [5], "valid_metric": "NDCG@5", "load_col": {}}))
+    assert "at [10, 100]" in benchmark.protocol_text(tmp_path, "big") and "NDCG@100" in benchmark.protocol_text(tmp_path)
+    text = benchmark.protocol_text(tmp_path, "small")
+    assert "at [5]" in text and "`NDCG@5`" in text and "topk, valid_metric from `properties/dataset/small.yaml`" in text
