@@ -7,6 +7,7 @@ commit, wall time, peak memory, machine), then ``results/<dataset>.md``, ``resul
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import platform
@@ -170,7 +171,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    started, commit = time(), git_commit()  # the code that runs is the code at the start
+    started, commit = time(), git_commit()  # the code that runs is the code this process loaded
 
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
     if sequential:
@@ -251,10 +252,12 @@ def json_safe(value):
     return str(value)
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit():
     """HEAD, with ``-dirty`` when tracked code or configuration differs from it. ``results/`` is left out:
     every run rewrites the tables there, which changes nothing that runs. ``$RECBOLE_CLLM4REC_GIT_COMMIT``,
-    where set, wins: a copy of the tree on another machine may carry no .git, or a stale one."""
+    where set, wins: a copy of the tree on another machine may carry no .git, or a stale one. Read once per
+    process: a long process (a search, an ablation) runs the code it loaded, whatever is committed meanwhile."""
     stated = os.environ.get("RECBOLE_CLLM4REC_GIT_COMMIT")
     if stated:
         return stated
@@ -332,12 +335,24 @@ def protocol_text(properties_dir, dataset=None):
     )
 
 
+def headline_columns(records):
+    """The paper's headline metrics where the dataset reports them; a small catalogue (top-k capped below
+    40 or 100) adds recall and NDCG at its shortest list and its validation metric instead."""
+    test = records[0]["test"]
+    columns = [metric for metric in HEADLINE_METRICS if metric in test]
+    if len(columns) < len(HEADLINE_METRICS):
+        shortest = min(int(metric.split("@")[1]) for metric in test)
+        columns += [f"recall@{shortest}", f"ndcg@{shortest}", records[0]["valid_metric"]]
+    return list(dict.fromkeys(metric for metric in columns if metric in test))
+
+
 def rebuild_tables(dataset, results_dir, properties_dir):
     """Write ``<dataset>.md``, ``<dataset>.csv`` and ``<dataset>.png`` from the dataset's JSON records."""
     records = load_records(dataset, results_dir)
     if not records:
         return
-    records.sort(key=lambda record: -record["test"].get(HEADLINE_METRICS[0], 0))
+    headline = headline_columns(records)
+    records.sort(key=lambda record: -record["test"].get(headline[0], 0))
     metrics = metric_columns(records)
     results_dir = Path(results_dir)
     with open(results_dir / f"{dataset}.csv", "w", newline="", encoding="utf-8") as handle:
@@ -346,11 +361,11 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         for record in records:
             writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics)])
     lines = [f"# {dataset}", "", protocol_text(properties_dir, dataset), "", f"![headline metrics]({dataset}.png)", "",
-             "## Headline (test)", "", "| model | " + " | ".join(HEADLINE_METRICS) + " |",
-             "|---" * (len(HEADLINE_METRICS) + 1) + "|"]
-    best = {metric: max(record["test"].get(metric, -1) for record in records) for metric in HEADLINE_METRICS}
+             "## Headline (test)", "", "| model | " + " | ".join(headline) + " |",
+             "|---" * (len(headline) + 1) + "|"]
+    best = {metric: max(record["test"].get(metric, -1) for record in records) for metric in headline}
     for record in records:
-        cells = [format_metric(record["test"].get(metric), best[metric]) for metric in HEADLINE_METRICS]
+        cells = [format_metric(record["test"].get(metric), best[metric]) for metric in headline]
         lines.append(f"| {record['label']} | " + " | ".join(cells) + " |")
     lines += ["", "## All test metrics", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for record in records:
@@ -371,7 +386,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
     lines += [f"- {record['label']}: {record['git_commit_note']}" for record in records if record.get("git_commit_note")]
     lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
-    plot_headline(records, results_dir / f"{dataset}.png", dataset)
+    plot_headline(records, results_dir / f"{dataset}.png", dataset, headline)
 
 
 def machine_label(record):
@@ -388,7 +403,7 @@ def format_metric(value, best=None):
     return f"**{value:.4f}**" if value == best else f"{value:.4f}"
 
 
-def plot_headline(records, path, dataset):
+def plot_headline(records, path, dataset, headline=HEADLINE_METRICS):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,11 +412,11 @@ def plot_headline(records, path, dataset):
 
     labels = [record["label"] for record in records]
     positions = np.arange(len(labels))
-    width = 0.8 / len(HEADLINE_METRICS)
+    width = 0.8 / len(headline)
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
-    for k, metric in enumerate(HEADLINE_METRICS):
+    for k, metric in enumerate(headline):
         axis.bar(positions + k * width, [record["test"].get(metric, 0) for record in records], width, label=metric)
-    axis.set_xticks(positions + width * (len(HEADLINE_METRICS) - 1) / 2, labels, rotation=30, ha="right")
+    axis.set_xticks(positions + width * (len(headline) - 1) / 2, labels, rotation=30, ha="right")
     axis.set_ylabel("test metric")
     axis.set_title(f"{dataset}: headline test metrics")
     axis.legend()

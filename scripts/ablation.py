@@ -43,19 +43,8 @@ def variant_arguments(base_arguments, overrides):
     return kept + [f"--{key}={value}" for key, value in overrides.items()]
 
 
-def metric_columns(records):
-    """The paper's headline metrics where the dataset reports them; a small catalogue (top-k capped below
-    40 or 100) adds recall and NDCG at its shortest list and its validation metric instead."""
-    test = records[0]["test"]
-    columns = [metric for metric in benchmark.HEADLINE_METRICS if metric in test]
-    if len(columns) < len(benchmark.HEADLINE_METRICS):
-        shortest = min(int(metric.split("@")[1]) for metric in test)
-        columns += [f"recall@{shortest}", f"ndcg@{shortest}", records[0]["valid_metric"]]
-    return list(dict.fromkeys(metric for metric in columns if metric in test))
-
-
 def markdown(records, dataset, command):
-    headline = metric_columns(records)
+    headline = benchmark.headline_columns(records)
     full = next((record for record in records if record["variant"] == "full"), None)
     lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
              f"Command: `{command}`", "",
@@ -74,8 +63,10 @@ def markdown(records, dataset, command):
                      + f" | {record['epochs_run']} | {record['wall_time_s']:.0f} | {benchmark.machine_label(record)} |")
     commits = sorted({str(record["git_commit"])[:12] for record in records})
     lines += ["", f"Commit(s): {', '.join(commits)}. Every record, with its full configuration, is in the "
-              "`.json` beside this file.", ""]
-    return "\n".join(lines)
+              "`.json` beside this file."]
+    lines += [f"Note: {note}" for note in sorted({record["git_commit_note"] for record in records
+                                                  if record.get("git_commit_note")})]
+    return "\n".join(lines + [""])
 
 
 def variant_order(record):
@@ -133,7 +124,7 @@ def main(argv=None):
         record.update(variant=name, overrides=overrides, ablation_command=command)
         records = sorted([kept for kept in records if kept["variant"] != name] + [record], key=variant_order)
         write_outputs(records, output, arguments.dataset, command)
-        print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in metric_columns([record])),
+        print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in benchmark.headline_columns([record])),
               flush=True)
 
 

@@ -22,9 +22,9 @@ def test_variant_overrides_replace_base_arguments_of_the_same_key():
 
 def test_small_catalogue_columns_fall_back_to_its_own_cutoffs():
     small = {"test": {"recall@5": 0.5, "ndcg@5": 0.4, "recall@20": 0.9, "ndcg@10": 0.45}, "valid_metric": "ndcg@10"}
-    assert ablation.metric_columns([small]) == ["recall@20", "recall@5", "ndcg@5", "ndcg@10"]
+    assert benchmark.headline_columns([small]) == ["recall@20", "recall@5", "ndcg@5", "ndcg@10"]
     full = {"test": {"recall@20": 0.1, "recall@40": 0.2, "ndcg@100": 0.05, "recall@10": 0.05}, "valid_metric": "ndcg@100"}
-    assert ablation.metric_columns([full]) == benchmark.HEADLINE_METRICS
+    assert benchmark.headline_columns([full]) == benchmark.HEADLINE_METRICS
 
 
 def test_variants_sort_full_first_then_deep_to_shallow():
