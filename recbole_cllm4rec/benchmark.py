@@ -383,7 +383,8 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         )
     lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
               f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed."]
-    lines += [f"- {record['label']}: {record['git_commit_note']}" for record in records if record.get("git_commit_note")]
+    lines += [f"- {record['label']}: {record[key]}" for record in records for key in ("label_note", "git_commit_note")
+              if record.get(key)]
     lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
     plot_headline(records, results_dir / f"{dataset}.png", dataset, headline)
