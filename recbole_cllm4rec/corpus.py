@@ -125,6 +125,9 @@ class CLLM4RecCorpus:
         self.user_histories = user_histories(dataset)  # time order; fixed across epochs and scoring
         self.content_lm = config["content_lm"]
         self.content_documents = self._content_documents(config) if self.content_lm else []
+        # id_embedding_init: text_mean reads the item texts, with or without the content LM
+        self._item_text_documents = self.content_documents or (
+            self._content_documents(config) if config["id_embedding_init"] == "text_mean" else [])
         self.content_summary = self._summarise_content()
         if logger is not None:
             logger.info(self.content_summary)
@@ -228,7 +231,7 @@ class CLLM4RecCorpus:
     def item_text_token_means(self, word_embeddings):
         """Mean token embedding of each item's own text (from item-text documents), by item id."""
         means = {}
-        for document in self.content_documents:
+        for document in self._item_text_documents:
             prompt = document.tokens[: document.main_start]
             soft = prompt[prompt >= self.token_space.item_offset]
             if len(soft) == 1 and not (prompt[(prompt >= self.token_space.vocab_size)] < self.token_space.item_offset).any():

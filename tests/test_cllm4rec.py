@@ -287,3 +287,18 @@ def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
         assert attention_mask.all()
         alone = model.hidden_states(tokens, attention_mask, "collaborative")[0, -1]
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_text_mean_init_reads_item_text_without_the_content_lm(data_root, tmp_path, tiny_llama):
+    _, plain, *_ = build(data_root, tmp_path / "plain", tiny_llama, content_lm=False)
+    _, warm, *_ = build(data_root, tmp_path / "warm", tiny_llama, content_lm=False, id_embedding_init="text_mean")
+    text_means = warm.corpus.item_text_token_means(warm.backbone.get_input_embeddings().weight.detach())
+    assert text_means and not warm.corpus.has_content
+    item, mean = next(iter(text_means.items()))
+    assert torch.allclose(warm.collaborative_item_embedding.weight[item], mean)
+    assert not torch.allclose(plain.collaborative_item_embedding.weight[item], mean)
+
+
+def test_text_mean_init_without_item_text_is_refused(data_root, tmp_path, tiny_llama):
+    with pytest.raises(ValueError, match="text_mean needs item text"):
+        build(data_root, tmp_path, tiny_llama, id_embedding_init="text_mean", item_text_fields=[])

@@ -58,6 +58,7 @@ class CLLM4Rec(GeneralRecommender):
         self.mask_ratio = config["mask_ratio"]
         self.finetune_target = config["finetune_target"]
         self.id_embedding_init = config["id_embedding_init"]
+        self.item_text_fields = config["item_text_fields"]
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.seed = config["seed"]
         if self.finetune_target not in ("held_out", "all"):
@@ -118,6 +119,10 @@ class CLLM4Rec(GeneralRecommender):
                 embedding.weight.copy_(torch.randn(embedding.weight.shape, generator=generator) * scale)
         if self.id_embedding_init == "text_mean":
             text_means = self.corpus.item_text_token_means(word_embeddings)
+            if not text_means:
+                raise ValueError("id_embedding_init: text_mean needs item text, and this dataset has none in "
+                                 f"item_text_fields {self.item_text_fields}; use id_embedding_init: normal "
+                                 "or load item text columns (load_col: item: [...]).")
             for item, mean in text_means.items():
                 with torch.no_grad():
                     self.collaborative_item_embedding.weight[item] = mean
