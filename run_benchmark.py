@@ -10,7 +10,7 @@ Any other --key=value goes to RecBole's Config, as with RecBole's own run_recbol
 import argparse
 import sys
 
-from recbole_cllm4rec.benchmark import BenchmarkError, run
+from recbole_cllm4rec.benchmark import BenchmarkError, run, split_config_files
 
 
 def parse_arguments(argv):
@@ -31,7 +31,7 @@ def parse_arguments(argv):
 
 def main(argv=None):
     arguments, recbole_arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
-    config_files = [path for path in arguments.config_files.replace(",", " ").split() if path]
+    config_files = split_config_files(arguments.config_files)
     config_dict = {} if arguments.seed is None else {"seed": arguments.seed}
     try:
         for model in [name for name in arguments.model.split(",") if name]:

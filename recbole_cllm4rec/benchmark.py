@@ -111,6 +111,11 @@ def check_topk(config, dataset):
 
 
 # ----- one run ---------------------------------------------------------------------------------------------
+def split_config_files(text):
+    """``--config_files`` as a list: comma- or space-separated paths."""
+    return [path for path in text.replace(",", " ").split() if path]
+
+
 def config_files_for(model, dataset, properties_dir, extra_files=()):
     properties_dir = Path(properties_dir)
     files = [properties_dir / "overall.yaml", properties_dir / "dataset" / f"{dataset}.yaml",
@@ -147,8 +152,7 @@ def build_cllm4rec(dataset, config_files="", config_dict=None, recbole_arguments
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_seed
 
-    extra_files = [path for path in config_files.replace(",", " ").split() if path]
-    files = config_files_for("CLLM4Rec", dataset, PROJECT_ROOT / "properties", extra_files)
+    files = config_files_for("CLLM4Rec", dataset, PROJECT_ROOT / "properties", split_config_files(config_files))
     config = build_config("CLLM4Rec", dataset, files, {"show_progress": False, **(config_dict or {})}, recbole_arguments)
     init_seed(config["seed"], config["reproducibility"])
     train_data, valid_data, _ = data_preparation(config, create_dataset(config))

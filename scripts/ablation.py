@@ -115,7 +115,7 @@ def main(argv=None):
     records_path = output.with_suffix(".json")
     records = json.loads(records_path.read_text(encoding="utf-8")) if records_path.exists() else []
     command = "python scripts/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    config_files = [path for path in arguments.config_files.replace(",", " ").split() if path]
+    config_files = benchmark.split_config_files(arguments.config_files)
     for name in chosen:
         overrides = variants[name]
         record = benchmark.run("CLLM4Rec", arguments.dataset, config_files=config_files,
