@@ -3,6 +3,8 @@
     python run_benchmark.py --model=Pop,BPR,MultiVAE --dataset=amazon-beauty
     python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml
     python run_benchmark.py --model=MultiVAE --dataset=amazon-beauty --tune --n_trials=20
+    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml \
+        --tune --n_trials=3 --search_space=properties/hyper/CLLM4Rec-cpu.yaml
 
 Any other --key=value goes to RecBole's Config, as with RecBole's own run_recbole.py.
 """
@@ -26,6 +28,7 @@ def parse_arguments(argv):
     parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole search")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under results/)")
     parser.add_argument("--study_name", default=None)
+    parser.add_argument("--search_space", default=None, help="search space yaml (default: properties/hyper/<Model>.yaml)")
     return parser.parse_known_args(argv)
 
 
@@ -40,7 +43,8 @@ def main(argv=None):
 
                 tune(model, arguments.dataset, n_trials=arguments.n_trials, timeout=arguments.timeout,
                      storage=arguments.storage, study_name=arguments.study_name, config_files=config_files,
-                     config_dict=config_dict, recbole_arguments=recbole_arguments)
+                     config_dict=config_dict, recbole_arguments=recbole_arguments,
+                     search_space=arguments.search_space)
             else:
                 record = run(model, arguments.dataset, config_files=config_files, config_dict=config_dict,
                              recbole_arguments=recbole_arguments, download=arguments.download, label=arguments.label)

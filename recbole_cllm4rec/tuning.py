@@ -1,10 +1,11 @@
 """Optuna search for any model under the benchmark protocol, with per-epoch pruning.
 
     python run_benchmark.py --model=MultiVAE --dataset=amazon-beauty --tune --n_trials=20 [--timeout=S]
-        [--storage=URL] [--study_name=S]
+        [--storage=URL] [--study_name=S] [--search_space=FILE]
 
 Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
-``{type: float|int|categorical, low, high, log, step, choices}``. The study lives in SQLite
+``{type: float|int|categorical, low, high, log, step, choices}``; ``--search_space`` picks another file
+(e.g. ``properties/hyper/CLLM4Rec-cpu.yaml``: without the content LM, the content knobs do nothing). The study lives in SQLite
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
 marked failed when the search resumes, and the search runs only the trials still missing. Several
@@ -42,18 +43,27 @@ def reached_verdict(trial):
 
 def stop_at_verdicts(n_trials):
     """Stop this worker once the study as a whole (every worker sharing its storage) has ``n_trials``
-    verdicts; trials already running elsewhere still finish, so a search may overshoot by workers - 1."""
+    trials with a verdict or still running elsewhere: two workers asked for two trials run two, not three.
+    A running trial that is then interrupted leaves the study short; resuming runs what is missing."""
 
     def callback(study, trial):
-        if sum(reached_verdict(other) for other in study.get_trials(deepcopy=False)) >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        running = sum(other.state == optuna.trial.TrialState.RUNNING for other in trials)
+        if sum(reached_verdict(other) for other in trials) + running >= n_trials:
             study.stop()
 
     return callback
 
 
-def load_search_space(model, properties_dir):
-    path = Path(properties_dir) / "hyper" / f"{model}.yaml"
+def search_space_path(model, properties_dir, search_space=None):
+    return Path(search_space) if search_space else Path(properties_dir) / "hyper" / f"{model}.yaml"
+
+
+def load_search_space(model, properties_dir, search_space=None):
+    path = search_space_path(model, properties_dir, search_space)
     if not path.is_file():
+        if search_space:
+            raise BenchmarkError(f"Search space file {path} does not exist.")
         raise BenchmarkError(f"No search space for {model}: write {path} "
                              f"(one line per hyperparameter, see properties/hyper/MultiVAE.yaml).")
     with open(path, encoding="utf-8") as handle:
@@ -106,10 +116,11 @@ def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=
 
 def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
          recbole_arguments=(), properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
-         final_run=True, grace_period=90):
+         final_run=True, grace_period=90, search_space=None):
     """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'."""
     model = benchmark.canonical_model_name(model)
-    space = load_search_space(model, properties_dir)
+    space = load_search_space(model, properties_dir, search_space)
+    space_path = search_space_path(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
     optuna.storages.fail_stale_trials(study)
@@ -148,8 +159,14 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
                       recbole_arguments=recbole_arguments, label=f"{model}-tuned",
                       extra_record={"tuning": {"n_trials": finished, "study_name": study.study_name,
                                                "best_params": study.best_params,
-                                               "search_space": f"properties/hyper/{model}.yaml"}})
+                                               "search_space": display_path(space_path)}})
     return study
+
+
+def display_path(path):
+    """Relative to the project where it lies inside it (records stay the same on every checkout)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def write_outputs(study, output):

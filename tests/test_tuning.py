@@ -68,13 +68,26 @@ def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  
         tuning.tune("Pop", "tiny", n_trials=1, properties_dir=properties, results_dir=tmp_path)
 
 
+def test_explicit_search_space_is_the_one_searched_and_recorded(data_root, properties, tmp_path):  # noqa: F811
+    narrow = tmp_path / "BPR-narrow.yaml"
+    narrow.write_text(yaml.safe_dump({"learning_rate": {"type": "float", "low": 0.01, "high": 0.02}}))
+    study = search(data_root, properties, tmp_path, 2, search_space=str(narrow))
+    assert all(set(trial.params) == {"learning_rate"} and 0.01 <= trial.params["learning_rate"] <= 0.02
+               for trial in study.trials)
+    record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
+    assert record["tuning"]["search_space"] == str(narrow.resolve())
+    with pytest.raises(BenchmarkError, match=r"Search space file .*missing.yaml does not exist"):
+        tuning.tune("BPR", "tiny", n_trials=1, properties_dir=properties, search_space=str(tmp_path / "missing.yaml"))
+
+
 def test_worker_leaves_outputs_to_the_last_one_still_running(data_root, properties, tmp_path):  # noqa: F811
     study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
     other_worker = study.ask()  # a trial another process is still running
-    search(data_root, properties, tmp_path, 2)
+    study = search(data_root, properties, tmp_path, 2)
+    assert len(study.trials) == 2  # one of its own: with the other worker's, the study has its two
     output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
     assert not (output / "best.yaml").exists() and not (tmp_path / "results" / "tiny" / "BPR-tuned.json").exists()
     study.tell(other_worker, 0.0)
     study = search(data_root, properties, tmp_path, 2)  # the study has its trials: this worker only finishes up
-    assert len(study.trials) == 3
+    assert len(study.trials) == 2
     assert (output / "best.yaml").is_file() and (tmp_path / "results" / "tiny" / "BPR-tuned.json").is_file()
