@@ -63,6 +63,15 @@ def test_bad_trial_is_pruned_and_failures_recorded(data_root, properties, tmp_pa
     assert study.trials[3].state == optuna.trial.TrialState.PRUNED
 
 
+def test_workers_sharing_a_study_draw_their_own_configurations(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first, second = (tuning.open_study("tiny", "BPR", storage) for _ in range(2))  # two workers, one seed
+    drawn = [tuning.suggest(study.ask(), SPACE) for study in (first, second)]
+    assert drawn[0] != drawn[1]
+    again = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'again.db'}")
+    assert tuning.suggest(again.ask(), SPACE) == drawn[0]  # one worker's search is reproducible
+
+
 def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  # noqa: F811
     with pytest.raises(BenchmarkError, match=r"No search space for Pop: write .*hyper/Pop.yaml"):
         tuning.tune("Pop", "tiny", n_trials=1, properties_dir=properties, results_dir=tmp_path)
