@@ -256,6 +256,35 @@ def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path,
     torch.testing.assert_close(per_dimension.full_sort_predict(users)[:, 1:], 0.25 * expected[:, 1:])
 
 
+def one_finetuning_step(model):
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.01)
+    documents, held_out = model.corpus.recommendation_documents(range(1, 9), 0.2, torch.Generator().manual_seed(0))
+    language_loss, regularization, _ = model.document_loss("recommendation", documents, held_out)
+    (language_loss + regularization).backward()
+    optimizer.step()
+
+
+def test_item_bias_and_untied_head_are_options_that_train(data_root, tmp_path, tiny_llama):
+    _, plain, *_ = build(data_root, tmp_path, tiny_llama)
+    _, biased, *_ = build(data_root, tmp_path, tiny_llama, item_bias=True)
+    assert plain.item_head.bias is None and "item_head.bias" in biased.state_dict()
+    biased.load_state_dict(plain.state_dict() | {"item_head.bias": torch.arange(biased.n_items, dtype=torch.float)})
+    users = {plain.USER_ID: torch.arange(1, 5)}
+    plain.eval(), biased.eval()
+    torch.testing.assert_close(biased.full_sort_predict(users)[:, 1:],
+                               plain.full_sort_predict(users)[:, 1:] + torch.arange(1, plain.n_items, dtype=torch.float))
+    one_finetuning_step(biased)
+    assert not torch.equal(biased.item_head.bias, torch.arange(biased.n_items, dtype=torch.float))
+
+    _, untied, *_ = build(data_root, tmp_path, tiny_llama, item_head_tied=False)
+    assert plain.item_head.weight is plain.collaborative_item_embedding.weight
+    assert untied.item_head.weight is not untied.collaborative_item_embedding.weight
+    assert not torch.equal(untied.item_head.weight, untied.collaborative_item_embedding.weight)  # drawn on its own
+    head_before = untied.item_head.weight.detach().clone()
+    one_finetuning_step(untied)
+    assert not torch.equal(untied.item_head.weight, head_before)
+
+
 def test_probe_metrics_match_recbole_evaluator(tiny):
     import importlib.util
 

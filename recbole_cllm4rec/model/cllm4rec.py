@@ -78,10 +78,14 @@ class CLLM4Rec(GeneralRecommender):
         self.collaborative_item_embedding = nn.Embedding(self.n_items, hidden_size)
         self.content_user_embedding = nn.Embedding(self.n_users, hidden_size)
         self.content_item_embedding = nn.Embedding(self.n_items, hidden_size)
-        # Heads tied to embeddings: the item head *is* the collaborative item embedding matrix, the
-        # vocabulary head *is* the backbone's frozen token embedding matrix.
-        self.item_head = nn.Linear(hidden_size, self.n_items, bias=False)
-        self.item_head.weight = self.collaborative_item_embedding.weight
+        # Heads tied to embeddings: the item head *is* the collaborative item embedding matrix (paper; with
+        # ``item_head_tied: False`` it is a matrix of its own), the vocabulary head *is* the backbone's frozen
+        # token embedding matrix. ``item_bias``: a learned per-item logit offset, as in Mult-VAE's decoder.
+        self.item_head = nn.Linear(hidden_size, self.n_items, bias=config["item_bias"])
+        if config["item_head_tied"]:
+            self.item_head.weight = self.collaborative_item_embedding.weight
+        if config["item_bias"]:
+            nn.init.zeros_(self.item_head.bias)
         self.vocab_head = nn.Linear(hidden_size, self.vocab_size, bias=False)
         self.vocab_head.weight = word_embeddings.weight
         # A learned scalar on the item logits (None: none, as in the paper). The frozen LM's last hidden
@@ -109,14 +113,13 @@ class CLLM4Rec(GeneralRecommender):
         of its text tokens (both sides), a warm start the paper does not use."""
         generator = torch.Generator().manual_seed(self.seed)
         scale = float(word_embeddings.std())
-        for embedding in (
-            self.collaborative_user_embedding,
-            self.collaborative_item_embedding,
-            self.content_user_embedding,
-            self.content_item_embedding,
-        ):
+        tables = [self.collaborative_user_embedding, self.collaborative_item_embedding, self.content_user_embedding,
+                  self.content_item_embedding]
+        if self.item_head.weight is not self.collaborative_item_embedding.weight:
+            tables.append(self.item_head)
+        for table in tables:
             with torch.no_grad():
-                embedding.weight.copy_(torch.randn(embedding.weight.shape, generator=generator) * scale)
+                table.weight.copy_(torch.randn(table.weight.shape, generator=generator) * scale)
         if self.id_embedding_init == "text_mean":
             text_means = self.corpus.item_text_token_means(word_embeddings)
             if not text_means:
