@@ -98,7 +98,7 @@ def main(argv=None):
     config, model, _, valid_data = build_cllm4rec(arguments.dataset, arguments.config_files,
                                                   recbole_arguments=recbole_arguments)
     targets = validation_subset(valid_data._dataset, arguments.users)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["learning_rate"])
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
     label = arguments.label or " ".join(recbole_arguments) or "defaults"
 
     rows = [(0, "init", 0, float("nan"), *recall_ndcg(model, targets), 0.0)]
