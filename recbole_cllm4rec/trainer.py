@@ -112,9 +112,10 @@ class CLLM4RecTrainer(Trainer):
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
-            totals += torch.tensor([float(language_loss.detach()), float(regularization.detach())])
+            step_losses = torch.tensor([float(language_loss.detach()), float(regularization.detach())])
+            totals += step_losses
             steps += 1
-            progress.set_postfix(loss=f"{float(language_loss):.4f}")
+            progress.set_postfix(loss=f"{float(step_losses[0]):.4f}")
         return tuple((totals / max(steps, 1)).tolist())
 
     # ----- several processes --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def stop_at_verdicts(n_trials):
     A running trial that is then interrupted leaves the study short; resuming runs what is missing."""
 
     def callback(study, trial):
+        optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not running any more
         trials = study.get_trials(deepcopy=False)
         running = sum(other.state == optuna.trial.TrialState.RUNNING for other in trials)
         if sum(reached_verdict(other) for other in trials) + running >= n_trials:
