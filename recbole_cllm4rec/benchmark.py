@@ -350,6 +350,15 @@ def headline_columns(records):
     return list(dict.fromkeys(metric for metric in columns if metric in test))
 
 
+def tuning_summary(tuning):
+    """The table's 'tuned' cell: how many trials, and how many distinct configurations where fewer."""
+    if not tuning:
+        return "no (defaults)"
+    distinct = tuning.get("n_distinct_configurations", tuning["n_trials"])
+    repeated = f" ({distinct} distinct)" if distinct < tuning["n_trials"] else ""
+    return f"yes, {tuning['n_trials']} trials{repeated}"
+
+
 def rebuild_tables(dataset, results_dir, properties_dir):
     """Write ``<dataset>.md``, ``<dataset>.csv`` and ``<dataset>.png`` from the dataset's JSON records."""
     records = load_records(dataset, results_dir)
@@ -378,7 +387,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
               "| model | config files and overrides | tuned | valid " + "/".join(["metric"]) + " | epochs run | wall time (s) | machine | peak memory (GiB) | commit |",
               "|---|---|---|---|---|---|---|---|---|"]
     for record in records:
-        tuned = f"yes, {record['tuning']['n_trials']} trials" if record.get("tuning") else "no (defaults)"
+        tuned = tuning_summary(record.get("tuning"))
         overrides = ", ".join(record["config_files"] + record.get("command_line_overrides", []))
         lines.append(
             f"| {record['label']} | {overrides} | {tuned} | {record['valid_metric']} = {record['best_valid_score']:.4f} "
@@ -387,7 +396,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         )
     lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
               f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed."]
-    lines += [f"- {record['label']}: {record[key]}" for record in records for key in ("label_note", "git_commit_note")
+    lines += [f"- {record['label']}: {record[key]}" for record in records for key in ("label_note", "git_commit_note", "tuning_note")
               if record.get(key)]
     lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")

@@ -172,11 +172,13 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     output = Path(results_dir) / dataset / "tuning" / model
     write_outputs(study, output)
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
-        finished = sum(reached_verdict(trial) for trial in study.trials)
+        finished = [trial for trial in study.trials if reached_verdict(trial)]
+        distinct = len({tuple(sorted(trial.params.items())) for trial in finished})
         benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
                       config_files=[*config_files, str(output / "best.yaml")], config_dict=config_dict,
                       recbole_arguments=recbole_arguments, label=f"{model}-tuned",
-                      extra_record={"tuning": {"n_trials": finished, "study_name": study.study_name,
+                      extra_record={"tuning": {"n_trials": len(finished), "n_distinct_configurations": distinct,
+                                               "study_name": study.study_name,
                                                "best_params": study.best_params,
                                                "search_space": display_path(space_path)}})
     return study

@@ -31,6 +31,7 @@ def test_three_trials_outputs_and_tuned_row(data_root, properties, tmp_path):  #
     assert (output / "history.png").is_file() and (output / "importance.png").is_file()
     record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
     assert record["tuning"]["n_trials"] == 3 and record["config"]["embedding_size"] == best["embedding_size"]
+    assert record["tuning"]["n_distinct_configurations"] == 3
     assert "yes, 3 trials" in (tmp_path / "results" / "tiny.md").read_text()
 
 
@@ -70,6 +71,14 @@ def test_workers_sharing_a_study_draw_their_own_configurations(tmp_path):
     assert drawn[0] != drawn[1]
     again = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'again.db'}")
     assert tuning.suggest(again.ask(), SPACE) == drawn[0]  # one worker's search is reproducible
+
+
+def test_tuned_cell_names_repeated_configurations():
+    from recbole_cllm4rec.benchmark import tuning_summary
+
+    assert tuning_summary(None) == "no (defaults)"
+    assert tuning_summary({"n_trials": 22}) == "yes, 22 trials"  # records from before the count
+    assert tuning_summary({"n_trials": 22, "n_distinct_configurations": 14}) == "yes, 22 trials (14 distinct)"
 
 
 def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  # noqa: F811
