@@ -7,9 +7,13 @@ For each training step kind (collaborative, content, finetuning) it takes the fi
 length-bucketed batches the trainer would use, and measures:
 - plugin: real (non-padding) tokens per second of the full training step (embedding assembly, forward,
   loss, backward, Adam step);
-- raw: the frozen backbone's transformer alone (no LM head), forward + backward to its input
-  embeddings, on dense batches of the same [batch, length] shapes (every token real).
-The plugin's figure includes everything the raw one leaves out (ID-embedding assembly, its output heads,
+- raw body: the frozen backbone's transformer alone (no LM head), forward + backward to its input
+  embeddings, on dense batches of the same [batch, length] shapes (every token real);
+- raw LM: the frozen backbone as the causal LM it is, trained the way Hugging Face trains it: body, its own
+  vocabulary head and its own next-token loss on every position, forward + backward to the input embeddings,
+  same shapes. This is the backbone's own limit for a language-modelling step, the reference for the
+  content step, whose work is exactly that (its main text's tokens through the vocabulary head).
+The plugin's figure includes everything the raw body leaves out (ID-embedding assembly, its output heads,
 the loss, the optimizer), so a ratio near 1 means nearly all the time goes to the backbone itself.
 The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
 users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size, and
@@ -35,20 +39,26 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def raw_backbone_rate(model, shapes, repeats=1, warm_up=False):
-    """Tokens per second of forward+backward through the frozen transformer on dense batches; with
+def raw_backbone_rate(model, shapes, repeats=1, warm_up=False, with_lm_head=False):
+    """Tokens per second of forward+backward through the frozen transformer on dense batches (with
+    ``with_lm_head``: the whole causal LM with its own head and next-token loss on random labels); with
     ``warm_up`` each shape runs once untimed first (a GPU picks kernels per new shape)."""
     backbone = model.backbone
     hidden_size = backbone.get_input_embeddings().weight.shape[1]
+    vocab_size = backbone.get_output_embeddings().weight.shape[0]
     total_tokens, elapsed = 0, 0.0
     for batch_size, length in shapes:
         inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
+        labels = torch.randint(vocab_size, (batch_size, length), device=model.device)
         for repeat in range(repeats + int(warm_up)):
             synchronize(model.device)
             started = perf_counter()
             with model._autocast():
-                hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
-            hidden.float().square().mean().backward()
+                if with_lm_head:
+                    loss = backbone(inputs_embeds=inputs, labels=labels, use_cache=False).loss
+                else:
+                    loss = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state.float().square().mean()
+            loss.backward()
             synchronize(model.device)
             if warm_up and repeat == 0:
                 continue
@@ -128,9 +138,10 @@ def main(argv=None):
         plugin_rate(model, kind, documents, batches if on_gpu else batches[:1], targets)
         rate, shapes, density = plugin_rate(model, kind, documents, batches, targets)
         raw = raw_backbone_rate(model, shapes, warm_up=on_gpu)
-        rows.append((kind, rate, raw, rate / raw, density, shapes))
-        print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw backbone {raw:8.0f} tok/s, ratio {rate / raw:.2f}, "
-              f"real/padded {density:.3f}", flush=True)
+        raw_lm = raw_backbone_rate(model, shapes, warm_up=on_gpu, with_lm_head=True)
+        rows.append((kind, rate, raw, raw_lm, density))
+        print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {rate / raw:.2f}), "
+              f"raw LM {raw_lm:8.0f} tok/s (ratio {rate / raw_lm:.2f}), real/padded {density:.3f}", flush=True)
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
@@ -153,8 +164,10 @@ def main(argv=None):
                  f"mixed precision {model.mixed_precision}, {torch.get_num_threads()} threads, "
                  f"{torch.cuda.get_device_name(model.device) if model.device.type == 'cuda' else 'CPU'}, "
                  f"train_batch_tokens {budget}", "", f"Command: `{command}`", "",
-                 "| step | plugin real tok/s | raw backbone tok/s | ratio | real / padded tokens |", "|---|---|---|---|---|"]
-        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {ratio:.2f} | {density:.3f} |" for kind, rate, raw, ratio, density, _ in rows]
+                 "| step | plugin real tok/s | raw body tok/s | ratio to body | raw LM tok/s | ratio to LM | real / padded tokens |",
+                 "|---|---|---|---|---|---|---|"]
+        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {rate / raw:.2f} | {raw_lm:.0f} | {rate / raw_lm:.2f} | {density:.3f} |"
+                  for kind, rate, raw, raw_lm, density in rows]
         lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
                   f"Peak memory (max RSS): {peak}.", "",
                   "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())

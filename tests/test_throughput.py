@@ -1,0 +1,26 @@
+"""scripts/throughput.py's measurements run on a tiny backbone: both raw references and the plugin's step."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from test_cllm4rec import build
+
+from recbole_cllm4rec.corpus import bucket_batches
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "throughput.py"
+spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+throughput = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(throughput)
+
+
+def test_raw_references_and_plugin_step_measure_real_tokens(data_root, tmp_path, tiny_llama):
+    _, model, *_ = build(data_root, tmp_path, tiny_llama)
+    documents = model.corpus.collaborative_documents()
+    batches = bucket_batches([len(document.tokens) for document in documents], 64, torch.Generator().manual_seed(0))
+    rate, shapes, density = throughput.plugin_rate(model, "collaborative", documents, batches[:2])
+    assert rate > 0 and 0 < density <= 1 and len(shapes) == 2
+    assert throughput.raw_backbone_rate(model, shapes) > 0
+    embeddings = model.backbone.get_input_embeddings().weight
+    assert throughput.raw_backbone_rate(model, shapes, with_lm_head=True) > 0
+    assert not embeddings.requires_grad and embeddings.grad is None  # the frozen LM stays frozen
