@@ -74,12 +74,9 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
             self._random_sampler._rng.rng.seed(trial_seed)
 
 
-def search_space_path(model, properties_dir, search_space=None):
-    return Path(search_space) if search_space else Path(properties_dir) / "hyper" / f"{model}.yaml"
-
-
 def load_search_space(model, properties_dir, search_space=None):
-    path = search_space_path(model, properties_dir, search_space)
+    """``(path, space)``: ``search_space`` if given, else ``properties/hyper/<Model>.yaml``."""
+    path = Path(search_space) if search_space else Path(properties_dir) / "hyper" / f"{model}.yaml"
     if not path.is_file():
         if search_space:
             raise BenchmarkError(f"Search space file {path} does not exist.")
@@ -90,7 +87,7 @@ def load_search_space(model, properties_dir, search_space=None):
     for name, spec in space.items():
         if spec.get("type") not in ("float", "int", "categorical"):
             raise BenchmarkError(f"{path}: '{name}' needs type float, int or categorical, got {spec.get('type')!r}")
-    return space
+    return path, space
 
 
 def suggest(trial, space):
@@ -138,8 +135,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
          final_run=True, grace_period=90, search_space=None):
     """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'."""
     model = benchmark.canonical_model_name(model)
-    space = load_search_space(model, properties_dir, search_space)
-    space_path = search_space_path(model, properties_dir, search_space)
+    space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
     optuna.storages.fail_stale_trials(study)

@@ -32,25 +32,26 @@ from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import Document  # noqa: E402
 
 
-def prompt_variants(corpus, seed=0):
-    """``{name: history transform}``; each transform maps a user's history array to the prompt's items."""
+def prompt_variants(seed=0):
+    """``{name: (history transform, average user token)}``; a transform maps a user's history array to the
+    prompt's items, and ``average user token`` swaps every user's token for the mean user embedding."""
     generator = np.random.default_rng(seed)
     return {
-        "as trained": lambda history: history,
-        "average user token": lambda history: history,
-        "user token only": lambda history: history[:0],
-        "history shuffled": lambda history: generator.permutation(history),
-        "history reversed": lambda history: history[::-1],
-        "last 3 items": lambda history: history[-3:],
+        "as trained": (lambda history: history, False),
+        "average user token": (lambda history: history, True),
+        "user token only": (lambda history: history[:0], False),
+        "history shuffled": (lambda history: generator.permutation(history), False),
+        "history reversed": (lambda history: history[::-1], False),
+        "last 3 items": (lambda history: history[-3:], False),
     }
 
 
-def score_variant(model, targets, name, transform):
+def score_variant(model, targets, transform, average_user):
     corpus = model.corpus
     room = corpus._recommendation_room()
     original_scoring = corpus.scoring_document
 
-    def scoring_document(user):
+    def scoring_document(user):  # corpus.scoring_document with the history transformed
         history = transform(corpus._recent(corpus.user_histories[user], room))
         tokens = corpus.recommendation_template.render(user=user, history=history)
         return Document(tokens, len(tokens))
@@ -59,7 +60,7 @@ def score_variant(model, targets, name, transform):
     saved_users = user_table.detach().clone()
     try:
         corpus.scoring_document = scoring_document
-        if name == "average user token":
+        if average_user:
             with torch.no_grad():
                 user_table.copy_(saved_users[1:].mean(0, keepdim=True).expand_as(user_table))
         return recall_ndcg(model, targets)
@@ -87,8 +88,8 @@ def main(argv=None):
     targets = validation_subset(valid_data._dataset, arguments.users)
 
     rows = []
-    for name, transform in prompt_variants(model.corpus).items():
-        recall, ndcg = score_variant(model, targets, name, transform)
+    for name, (transform, average_user) in prompt_variants().items():
+        recall, ndcg = score_variant(model, targets, transform, average_user)
         rows.append((name, recall, ndcg))
         print(f"{name}: recall@20 {recall:.4f} ndcg@100 {ndcg:.4f}", flush=True)
 
