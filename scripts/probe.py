@@ -77,7 +77,7 @@ def run_pass(model, kind, optimizer, budget, generator):
         optimizer.zero_grad(set_to_none=True)
         (language_loss + regularization).backward()
         optimizer.step()
-        losses.append(float(language_loss))
+        losses.append(float(language_loss.detach()))
     return float(np.mean(losses)), len(losses)
 
 

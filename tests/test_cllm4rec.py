@@ -201,6 +201,8 @@ def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
         build(data_root, tmp_path, tiny_llama, finetune_target="everything")
     with pytest.raises(ValueError, match="llm_num_layers"):
         build(data_root, tmp_path, tiny_llama, llm_num_layers=5)
+    with pytest.raises(ValueError, match="user_state"):
+        build(data_root, tmp_path, tiny_llama, user_state="first")
     with pytest.raises(OSError, match="llm_path"):
         build(data_root, tmp_path, tiny_llama + "-missing")
 
@@ -316,6 +318,35 @@ def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
         assert attention_mask.all()
         alone = model.hidden_states(tokens, attention_mask, "collaborative")[0, -1]
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_mean_user_state_averages_the_prompt_whatever_the_padding(data_root, tmp_path, tiny_llama):
+    from recbole_cllm4rec.corpus import Document
+
+    _, last, *_ = build(data_root, tmp_path, tiny_llama)
+    _, mean, *_ = build(data_root, tmp_path, tiny_llama, user_state="mean")
+    last.eval(), mean.eval()
+    users = [1, 2, 3, 4]
+    long = mean.corpus.scoring_document(1)
+    short = Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7)
+    with torch.no_grad():
+        def alone(document):
+            tokens, attention_mask, _ = pad_documents([document])
+            return mean.hidden_states(tokens, attention_mask, "collaborative")[0].mean(0)
+
+        tokens, attention_mask, _ = pad_documents([short, long])
+        assert not attention_mask.all()
+        padded = mean.prompt_states(mean.hidden_states(tokens, attention_mask, "collaborative"), attention_mask)
+        torch.testing.assert_close(padded, torch.stack([alone(short), alone(long)]), rtol=1e-4, atol=1e-4)
+
+        expected = torch.stack([alone(mean.corpus.scoring_document(user)) for user in users])
+        torch.testing.assert_close(mean.user_representations(users), expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(last.user_representations(users), expected, atol=1e-3)
+        scores = mean.full_sort_predict({mean.USER_ID: torch.tensor(users)})
+    torch.testing.assert_close(scores[:, 1:], mean._item_logits(expected)[:, 1:])
+    before = mean.collaborative_item_embedding.weight.detach().clone()
+    one_finetuning_step(mean)
+    assert not torch.equal(mean.collaborative_item_embedding.weight, before)
 
 
 def test_text_mean_init_reads_item_text_without_the_content_lm(data_root, tmp_path, tiny_llama):

@@ -61,6 +61,9 @@ class CLLM4Rec(GeneralRecommender):
         self.item_text_fields = config["item_text_fields"]
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.seed = config["seed"]
+        self.user_state = config["user_state"]
+        if self.user_state not in ("last", "mean"):
+            raise ValueError(f"user_state must be 'last' or 'mean', got {self.user_state!r}")
         if self.finetune_target not in ("held_out", "all"):
             raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
@@ -185,6 +188,15 @@ class CLLM4Rec(GeneralRecommender):
             output = self.backbone.base_model(inputs_embeds=self._embed(tokens, side), attention_mask=mask, use_cache=False)
         return output.last_hidden_state
 
+    def prompt_states(self, hidden, attention_mask):
+        """One state [B, H] per right-padded prompt: its last position's hidden state (paper), or with
+        ``user_state: mean`` the mean over all its positions."""
+        lengths = attention_mask.sum(1)
+        if self.user_state == "last":
+            return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / lengths.unsqueeze(-1).to(hidden.dtype)
+
     def _item_logits(self, hidden):
         if self.item_logit_scale is not None:
             hidden = hidden * self.item_logit_scale
@@ -245,10 +257,9 @@ class CLLM4Rec(GeneralRecommender):
         sum of -log softmax over all items at the targets, averaged over prompts; plus the regulariser.
 
         ``targets`` is ``(rows, items)``: one (prompt row, held-out item) pair per target."""
-        lengths = attention_mask.sum(1)
         hidden = self.hidden_states(tokens, attention_mask, "collaborative")
-        last_hidden = hidden[torch.arange(len(tokens), device=tokens.device), lengths - 1]
-        log_probabilities = F.log_softmax(self._item_logits(last_hidden), dim=1)
+        states = self.prompt_states(hidden, attention_mask)
+        log_probabilities = F.log_softmax(self._item_logits(states), dim=1)
         rows, columns = targets
         likelihood = -log_probabilities[rows, columns].sum() / len(tokens)
         return likelihood, self.mutual_regularization(tokens, "collaborative", extra_items=columns)
@@ -288,7 +299,7 @@ class CLLM4Rec(GeneralRecommender):
     # ----- scoring -------------------------------------------------------------------------------
     @torch.no_grad()
     def user_representations(self, users):
-        """Last hidden state [B, H] of each user's scoring prompt, batched by similar length."""
+        """The state [B, H] of each user's scoring prompt (``prompt_states``), batched by similar length."""
         documents = [self.corpus.scoring_document(user) for user in users]
         lengths = [len(document.tokens) for document in documents]
         representations = [None] * len(documents)
@@ -296,9 +307,9 @@ class CLLM4Rec(GeneralRecommender):
             tokens, attention_mask, _ = pad_documents([documents[k] for k in batch])
             tokens, attention_mask = tokens.to(self.device), attention_mask.to(self.device)
             hidden = self.hidden_states(tokens, attention_mask, "collaborative")
-            last = hidden[torch.arange(len(batch), device=self.device), attention_mask.sum(1) - 1]
+            states = self.prompt_states(hidden, attention_mask)
             for position, index in enumerate(batch):
-                representations[index] = last[position]
+                representations[index] = states[position]
         return torch.stack(representations)
 
     def full_sort_predict(self, interaction):
