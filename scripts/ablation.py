@@ -11,7 +11,12 @@ protocol as the comparison tables), starting from the given configuration:
 - ``no-mutual-reg``: ``reg_weight: 0``, both LMs train but nothing passes between them;
 - ``no-pretraining``: ``pretrain_rounds: 0`` and ``content_warmup_epochs: 0``, finetuning starts from the
   initial ID embeddings;
+- ``last-state``: ``user_state: last``, the item head reads the prompt's last hidden state (the paper's
+  readout; the cpu profile reads the mean over the prompt);
 - ``layers-K``: ``llm_num_layers: K``, one variant per ``--layers`` value (fewer backbone layers).
+
+``--full_record=FILE`` takes the ``full`` variant from a record ``run_benchmark.py`` already wrote (the
+table's row) instead of training it again; it must come from the same config files and overrides.
 
 Writes every record (full config, commit, machine) to the output's ``.json`` and a markdown table of the
 test headline metrics with their change against ``full``. Re-running with ``--variants`` replaces only
@@ -33,7 +38,37 @@ VARIANTS = {
     "no-content-lm": {"content_lm": False},
     "no-mutual-reg": {"reg_weight": 0.0},
     "no-pretraining": {"pretrain_rounds": 0, "content_warmup_epochs": 0},
+    "last-state": {"user_state": "last"},
 }
+
+
+NOT_AFFECTING_RESULTS = ("show_progress",)
+
+
+def model_arguments(arguments):
+    return sorted(argument for argument in arguments
+                  if argument.split("=", 1)[0].lstrip("-") not in NOT_AFFECTING_RESULTS)
+
+
+def full_from_record(path, dataset, config_files, recbole_arguments, command):
+    """The ``full`` variant from a benchmark record, refused unless it ran this dataset, these config files
+    and these overrides."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    expected_files = [str(Path(file).resolve()) for file in
+                      benchmark.config_files_for("CLLM4Rec", dataset, benchmark.PROJECT_ROOT / "properties", config_files)]
+    recorded_files = [str((benchmark.PROJECT_ROOT / file).resolve()) for file in record["config_files"]]
+    mismatches = [what for what, same in (
+        ("model", record["model"] == "CLLM4Rec"),
+        ("dataset", record["dataset"] == dataset),
+        ("config files", recorded_files == expected_files),
+        ("overrides", model_arguments(record["command_line_overrides"]) == model_arguments(recbole_arguments)),
+    ) if not same]
+    if mismatches:
+        raise SystemExit(f"--full_record {path} does not match this ablation's {', '.join(mismatches)}: "
+                         f"it ran {record['model']} on {record['dataset']} with {record['config_files']} "
+                         f"and {record['command_line_overrides']}")
+    return dict(record, variant="full", overrides={}, ablation_command=command,
+                label="CLLM4Rec-full", full_record=str(path))
 
 
 def variant_arguments(base_arguments, overrides):
@@ -90,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--layers", default="", help="comma-separated layer counts, one variant each")
     parser.add_argument("--variants", default="", help="comma-separated subset of the variants to run")
     parser.add_argument("--output", required=True, help="markdown file; the records go to the same name .json")
+    parser.add_argument("--full_record", default="", help="a run_benchmark.py record to use as the full variant")
     parser.add_argument("--merge", default="", help="comma-separated record files of earlier runs (say, one "
                         "process per variant) to combine into --output instead of running anything")
     arguments, recbole_arguments = parser.parse_known_args(argv)
@@ -116,6 +152,11 @@ def main(argv=None):
     records = json.loads(records_path.read_text(encoding="utf-8")) if records_path.exists() else []
     command = "python scripts/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     config_files = benchmark.split_config_files(arguments.config_files)
+    if arguments.full_record:
+        full = full_from_record(arguments.full_record, arguments.dataset, config_files, recbole_arguments, command)
+        records = sorted([kept for kept in records if kept["variant"] != "full"] + [full], key=variant_order)
+        chosen = [name for name in chosen if name != "full"]
+        write_outputs(records, output, arguments.dataset, command)
     for name in chosen:
         overrides = variants[name]
         record = benchmark.run("CLLM4Rec", arguments.dataset, config_files=config_files,

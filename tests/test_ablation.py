@@ -42,3 +42,24 @@ def test_protocol_line_names_the_datasets_overrides(tmp_path):
     assert "at [10, 100]" in benchmark.protocol_text(tmp_path, "big") and "NDCG@100" in benchmark.protocol_text(tmp_path)
     text = benchmark.protocol_text(tmp_path, "small")
     assert "at [5]" in text and "`NDCG@5`" in text and "topk, valid_metric from `properties/dataset/small.yaml`" in text
+
+
+def test_full_variant_from_a_benchmark_record_only_when_it_ran_the_same_configuration(tmp_path):
+    import json
+
+    import pytest
+
+    profile = "properties/model/CLLM4Rec-cpu.yaml"
+    record = {"model": "CLLM4Rec", "dataset": "amazon-beauty", "test": {}, "command_line_overrides": ["--show_progress=False"],
+              "config_files": ["properties/overall.yaml", "properties/dataset/amazon-beauty.yaml", profile]}
+    path = tmp_path / "CLLM4Rec.json"
+    path.write_text(json.dumps(record))
+    full = ablation.full_from_record(path, "amazon-beauty", [profile], [], "python scripts/ablation.py ...")
+    assert full["variant"] == "full" and full["overrides"] == {} and full["full_record"] == str(path)
+
+    with pytest.raises(SystemExit, match="overrides"):
+        ablation.full_from_record(path, "amazon-beauty", [profile], ["--epochs=3"], "")
+    with pytest.raises(SystemExit, match="config files"):
+        ablation.full_from_record(path, "amazon-beauty", [], [], "")
+    with pytest.raises(SystemExit, match="dataset"):
+        ablation.full_from_record(path, "amazon-all-beauty-18", [profile], [], "")
