@@ -190,12 +190,12 @@ class CLLM4Rec(GeneralRecommender):
 
     def prompt_states(self, hidden, attention_mask):
         """One state [B, H] per right-padded prompt: its last position's hidden state (paper), or with
-        ``user_state: mean`` the mean over all its positions."""
+        ``user_state: mean`` the mean over all its positions (summed in fp32, also under bf16 autocast)."""
         lengths = attention_mask.sum(1)
         if self.user_state == "last":
             return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / lengths.unsqueeze(-1).to(hidden.dtype)
+        weights = attention_mask.unsqueeze(-1).float()
+        return (hidden.float() * weights).sum(1) / lengths.unsqueeze(-1).float()
 
     def _item_logits(self, hidden):
         if self.item_logit_scale is not None:
