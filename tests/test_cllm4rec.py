@@ -303,13 +303,18 @@ def test_probe_metrics_match_recbole_evaluator(tiny):
     assert ndcg == pytest.approx(result["ndcg@10"], abs=1e-4)
 
 
-def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
+def short_and_long_prompts(model):
+    """User 1's scoring prompt and a shorter one cut from it: batched together, the short one is padded."""
     from recbole_cllm4rec.corpus import Document
 
+    long = model.corpus.scoring_document(1)
+    return Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7), long
+
+
+def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
     _, model, *_ = tiny
     model.eval()
-    long = model.corpus.scoring_document(1)
-    short = Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7)
+    short, long = short_and_long_prompts(model)
     with torch.no_grad():
         tokens, attention_mask, _ = pad_documents([short, long])
         assert not attention_mask.all()
@@ -321,14 +326,11 @@ def test_padded_and_unpadded_batches_give_the_same_representation(tiny):
 
 
 def test_mean_user_state_averages_the_prompt_whatever_the_padding(data_root, tmp_path, tiny_llama):
-    from recbole_cllm4rec.corpus import Document
-
     _, last, *_ = build(data_root, tmp_path, tiny_llama)
     _, mean, *_ = build(data_root, tmp_path, tiny_llama, user_state="mean")
     last.eval(), mean.eval()
     users = [1, 2, 3, 4]
-    long = mean.corpus.scoring_document(1)
-    short = Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7)
+    short, long = short_and_long_prompts(mean)
     with torch.no_grad():
         def alone(document):
             tokens, attention_mask, _ = pad_documents([document])
