@@ -20,6 +20,7 @@ Outputs in ``results/<dataset>/tuning/<Model>/``: ``best.yaml`` (usable with --c
 its test result enters the comparison table as ``<Model>-tuned``.
 """
 
+import warnings
 from logging import getLogger
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def stop_at_verdicts(n_trials):
     A running trial that is then interrupted leaves the study short; resuming runs what is missing."""
 
     def callback(study, trial):
-        optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not running any more
+        with warnings.catch_warnings():  # stable in use since Optuna 2.9; its warning repeats after every trial
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not running any more
         trials = study.get_trials(deepcopy=False)
         running = sum(other.state == optuna.trial.TrialState.RUNNING for other in trials)
         if sum(reached_verdict(other) for other in trials) + running >= n_trials:
