@@ -123,10 +123,12 @@ def find_decoder_layers(model):
 
 
 def keep_first_layers(model, num_layers):
-    """Truncate the backbone to its first ``num_layers`` transformer blocks (in place)."""
+    """Truncate the backbone to its first ``num_layers`` transformer blocks (in place). Zero keeps none:
+    each position's state is then its own input embedding through the final norm, the control that
+    shows what the transformer blocks add."""
     layers = find_decoder_layers(model)
-    if not 0 < num_layers <= len(layers):
-        raise ValueError(f"llm_num_layers must be in [1, {len(layers)}], got {num_layers}")
+    if not 0 <= num_layers <= len(layers):
+        raise ValueError(f"llm_num_layers must be in [0, {len(layers)}], got {num_layers}")
     del layers[num_layers:]
     model.config.num_hidden_layers = num_layers
     layer_types = getattr(model.config, "layer_types", None)
@@ -148,7 +150,7 @@ def load_backbone(llm_path=None, num_layers=None, cache_dir=None):
             f"Cannot load the backbone from llm_path={llm_path!r} (resolved to {source!r}). It must be "
             f"'{DEFAULT_BACKBONE}', a .gguf file, a save_pretrained directory or a reachable hub id."
         ) from error
-    if num_layers:
+    if num_layers is not None:
         keep_first_layers(model, int(num_layers))
     model.requires_grad_(False)
     model.eval()

@@ -177,6 +177,19 @@ def test_gpt2_family_and_truncated_layers(data_root, tmp_path, tiny_gpt2):
     assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
 
 
+def test_zero_layers_keeps_only_the_embeddings_and_final_norm(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path, tiny_llama, llm_num_layers=0,
+                                                             user_state="mean", epochs=1)
+    assert len(model.backbone.model.layers) == 0
+    tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:2])
+    hidden = model.hidden_states(tokens, attention_mask, "collaborative")
+    own_embeddings = model.backbone.model.norm(model._embed(tokens, "collaborative"))
+    assert torch.allclose(hidden, own_embeddings, atol=1e-6)  # no position sees another
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.fit(train_data, valid_data)
+    assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
+
+
 def test_dataset_without_text_trains_collaborative_only(data_root, tmp_path, tiny_llama, caplog):
     config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, dataset="tiny-notext",
                                                      load_col={"inter": ["user_id", "item_id", "timestamp"]})
@@ -201,6 +214,8 @@ def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
         build(data_root, tmp_path, tiny_llama, finetune_target="everything")
     with pytest.raises(ValueError, match="llm_num_layers"):
         build(data_root, tmp_path, tiny_llama, llm_num_layers=5)
+    with pytest.raises(ValueError, match="llm_num_layers"):
+        build(data_root, tmp_path, tiny_llama, llm_num_layers=-1)
     with pytest.raises(ValueError, match="user_state"):
         build(data_root, tmp_path, tiny_llama, user_state="first")
     with pytest.raises(OSError, match="llm_path"):
