@@ -78,11 +78,11 @@ def variant_arguments(base_arguments, overrides):
     return kept + [f"--{key}={value}" for key, value in overrides.items()]
 
 
-def markdown(records, dataset, command):
+def markdown(records, dataset):
     headline = benchmark.headline_columns(records)
     full = next((record for record in records if record["variant"] == "full"), None)
     lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
-             f"Command: `{command}`", "",
+             f"Command: `{' ; '.join(sorted({record['ablation_command'] for record in records}))}`", "",
              "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
              "|---" * (len(headline) + 6) + "|"]
     for record in records:
@@ -112,10 +112,11 @@ def variant_order(record):
     return (len(VARIANTS), -int(name.split("-")[1]))
 
 
-def write_outputs(records, output, dataset, command):
+def write_outputs(records, output, dataset):
+    """The records as ``.json`` and their table as markdown, headed by every command that made a row."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    output.write_text(markdown(records, dataset, command), encoding="utf-8")
+    output.write_text(markdown(records, dataset), encoding="utf-8")
 
 
 def main(argv=None):
@@ -136,8 +137,7 @@ def main(argv=None):
             for record in json.loads(Path(path).read_text(encoding="utf-8")):
                 merged[record["variant"]] = record
         records = sorted(merged.values(), key=variant_order)
-        commands = sorted({record["ablation_command"] for record in records})
-        write_outputs(records, output, records[0]["dataset"], " ; ".join(commands))
+        write_outputs(records, output, records[0]["dataset"])
         return
 
     variants = dict(VARIANTS)
@@ -156,7 +156,7 @@ def main(argv=None):
         full = full_from_record(arguments.full_record, arguments.dataset, config_files, recbole_arguments, command)
         records = sorted([kept for kept in records if kept["variant"] != "full"] + [full], key=variant_order)
         chosen = [name for name in chosen if name != "full"]
-        write_outputs(records, output, arguments.dataset, command)
+        write_outputs(records, output, arguments.dataset)
     for name in chosen:
         overrides = variants[name]
         record = benchmark.run("CLLM4Rec", arguments.dataset, config_files=config_files,
@@ -164,7 +164,7 @@ def main(argv=None):
                                label=f"CLLM4Rec-{name}", write=False)
         record.update(variant=name, overrides=overrides, ablation_command=command)
         records = sorted([kept for kept in records if kept["variant"] != name] + [record], key=variant_order)
-        write_outputs(records, output, arguments.dataset, command)
+        write_outputs(records, output, arguments.dataset)
         print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in benchmark.headline_columns([record])),
               flush=True)
 

@@ -63,3 +63,16 @@ def test_full_variant_from_a_benchmark_record_only_when_it_ran_the_same_configur
         ablation.full_from_record(path, "amazon-beauty", [], [], "")
     with pytest.raises(SystemExit, match="dataset"):
         ablation.full_from_record(path, "amazon-all-beauty-18", [profile], [], "")
+
+
+def test_table_names_the_command_of_every_row_not_only_the_last(tmp_path):
+    def record(variant, command):
+        return {"variant": variant, "overrides": {}, "ablation_command": command, "test": {"recall@20": 0.1},
+                "valid_metric": "ndcg@100", "epochs_run": 1, "wall_time_s": 1.0, "git_commit": "abc",
+                "machine": {"device": "cpu", "torch_threads": 1}}
+
+    records = [record("full", "python scripts/ablation.py --variants=full"),
+               record("layers-0", "python scripts/ablation.py --variants=layers-0 --layers=0")]
+    ablation.write_outputs(records, tmp_path / "ablation.md", "amazon-beauty")
+    text = (tmp_path / "ablation.md").read_text()
+    assert "--variants=full" in text and "--variants=layers-0 --layers=0" in text
