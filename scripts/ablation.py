@@ -13,7 +13,8 @@ protocol as the comparison tables), starting from the given configuration:
   initial ID embeddings;
 - ``last-state``: ``user_state: last``, the item head reads the prompt's last hidden state (the paper's
   readout; the cpu profile reads the mean over the prompt);
-- ``layers-K``: ``llm_num_layers: K``, one variant per ``--layers`` value (fewer backbone layers).
+- ``layers-K``: ``llm_num_layers: K``, one variant per ``--layers`` value (fewer backbone layers;
+  0: no transformer block, the control for what the layers add).
 
 ``--full_record=FILE`` takes the ``full`` variant from a record ``run_benchmark.py`` already wrote (the
 table's row) instead of training it again; it must come from the same config files and overrides.
@@ -81,8 +82,9 @@ def variant_arguments(base_arguments, overrides):
 def markdown(records, dataset):
     headline = benchmark.headline_columns(records)
     full = next((record for record in records if record["variant"] == "full"), None)
+    commands = " ; ".join(sorted({record["ablation_command"] for record in records}))
     lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
-             f"Command: `{' ; '.join(sorted({record['ablation_command'] for record in records}))}`", "",
+             f"Command: `{commands}`", "",
              "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
              "|---" * (len(headline) + 6) + "|"]
     for record in records:
