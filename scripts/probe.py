@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
+from recbole_cllm4rec.trainer import id_table_adam  # noqa: E402
 
 PASS_KINDS = ("collaborative", "content", "recommendation")
 
@@ -98,7 +99,7 @@ def main(argv=None):
     config, model, _, valid_data = build_cllm4rec(arguments.dataset, arguments.config_files,
                                                   recbole_arguments=recbole_arguments)
     targets = validation_subset(valid_data._dataset, arguments.users)
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    optimizer = id_table_adam(model, config["learning_rate"], config["weight_decay"])  # the trainer's optimizer
     label = arguments.label or " ".join(recbole_arguments) or "defaults"
 
     rows = [(0, "init", 0, float("nan"), *recall_ndcg(model, targets), 0.0)]

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
+from recbole_cllm4rec.trainer import id_table_adam  # noqa: E402
 
 
 def synchronize(device):
@@ -68,7 +69,7 @@ def raw_backbone_rate(model, shapes, repeats=1, warm_up=False, with_lm_head=Fals
 
 
 def plugin_rate(model, kind, documents, batches, held_out=None):
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-4)
+    optimizer = id_table_adam(model, 1e-4)  # the trainer's optimizer
     model.train()
     real_tokens, elapsed, shapes = 0, 0.0, []
     for batch in batches:
