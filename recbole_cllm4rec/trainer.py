@@ -120,6 +120,7 @@ class CLLM4RecTrainer(Trainer):
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.trainable_parameters(), **self.clip_grad_norm)
             optimizer.step()
+            self.model.constrain_id_embeddings()
             step_losses = torch.tensor([float(language_loss.detach()), float(regularization.detach())])
             totals += step_losses
             steps += 1

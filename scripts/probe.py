@@ -78,6 +78,7 @@ def run_pass(model, kind, optimizer, budget, generator):
         optimizer.zero_grad(set_to_none=True)
         (language_loss + regularization).backward()
         optimizer.step()
+        model.constrain_id_embeddings()
         losses.append(float(language_loss.detach()))
     return float(np.mean(losses)), len(losses)
 

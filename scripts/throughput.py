@@ -81,6 +81,7 @@ def plugin_rate(model, kind, documents, batches, held_out=None):
         optimizer.zero_grad(set_to_none=True)
         (language_loss + regularization).backward()
         optimizer.step()
+        model.constrain_id_embeddings()
         synchronize(model.device)
         elapsed += perf_counter() - started
         lengths = [len(document.tokens) for document in chosen]

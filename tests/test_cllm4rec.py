@@ -379,3 +379,20 @@ def test_text_mean_init_reads_item_text_without_the_content_lm(data_root, tmp_pa
 def test_text_mean_init_without_item_text_is_refused(data_root, tmp_path, tiny_llama):
     with pytest.raises(ValueError, match="text_mean needs item text"):
         build(data_root, tmp_path, tiny_llama, id_embedding_init="text_mean", item_text_fields=[])
+
+
+def test_id_embedding_max_norm_caps_every_trained_row(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, id_embedding_max_norm=0.05,
+                                                     epochs=1)
+    tables = (model.collaborative_user_embedding, model.collaborative_item_embedding,
+              model.content_user_embedding, model.content_item_embedding)
+    assert max(float(table.weight.norm(dim=1).max()) for table in tables) > 0.05  # the start is above the cap
+    CLLM4RecTrainer(config, model).fit(train_data, valid_data)
+    for table in tables:
+        assert float(table.weight.norm(dim=1).max()) <= 0.05 * (1 + 1e-5)
+    _, free, *_ = build(data_root, tmp_path / "free", tiny_llama, epochs=1)
+    before = free.collaborative_item_embedding.weight.detach().clone()
+    free.constrain_id_embeddings()  # no limit: nothing moves
+    assert torch.equal(before, free.collaborative_item_embedding.weight)
+    with pytest.raises(ValueError, match="id_embedding_max_norm"):
+        build(data_root, tmp_path / "bad", tiny_llama, id_embedding_max_norm=0)
