@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BUNDLED_BACKBONES = {
@@ -120,6 +121,26 @@ def find_decoder_layers(model):
         if isinstance(module, nn.ModuleList) and len(module) == expected:
             return module
     raise ValueError(f"Cannot find the {expected} decoder layers of {type(model).__name__}")
+
+
+def add_residual_dropout(model, probability, is_training):
+    """Dropout on the output of every transformer block's attention and MLP, the two residual branches, while
+    ``is_training()``: where GPT-2 (the reference code's backbone, trained in train mode) has ``resid_pdrop``.
+    Hooks rather than the family's own dropout modules, which Llama-style models do not have; the backbone
+    itself stays in eval mode, so its own dropout modules never run."""
+    def drop_branch_output(module, inputs, output):
+        if not is_training():
+            return output
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (F.dropout(output[0], probability, training=True), *output[1:])
+        return F.dropout(output, probability, training=True)
+
+    for layer in find_decoder_layers(model):
+        branches = [child for name, child in layer.named_children() if name in ("self_attn", "attn", "mlp")]
+        if len(branches) != 2:
+            raise ValueError(f"llm_dropout: cannot find the attention and MLP branches of {type(layer).__name__}")
+        for branch in branches:
+            branch.register_forward_hook(drop_branch_output)
 
 
 def keep_first_layers(model, num_layers):

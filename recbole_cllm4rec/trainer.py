@@ -198,6 +198,7 @@ class CLLM4RecTrainer(Trainer):
                 "state_dict": self.model.state_dict(),
                 "optimizer": optimizer_state,
                 "rng_state": torch.get_rng_state(),
+                "cuda_rng_state": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
             self.last_checkpoint_file,
         )
@@ -227,7 +228,9 @@ class CLLM4RecTrainer(Trainer):
         self.stage, self.passes_done = state["stage"], state["passes_done"]
         self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
         self.best_valid_result, self.loss_history = state["best_valid_result"], state["loss_history"]
-        torch.set_rng_state(state["rng_state"])
+        torch.set_rng_state(state["rng_state"].cpu())
+        if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng_state"]])
         self.logger.info(
             set_color("Resuming", "blue")
             + f" {self.last_checkpoint_file}: stage {self.stage}, {self.passes_done} pretraining passes done, "

@@ -136,14 +136,16 @@ def test_finetune_target_option(tiny):
     assert sorted(items.tolist()) == sorted(model.corpus.user_histories[1].tolist())
 
 
-@pytest.mark.parametrize("interrupt_after_passes", [2, 7])  # during pretraining, during finetuning
-def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path, tiny_llama, interrupt_after_passes):
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama)
+# during pretraining, during finetuning; with dropout the resumed run must also continue the random stream
+@pytest.mark.parametrize("interrupt_after_passes, llm_dropout", [(2, 0.0), (7, 0.0), (7, 0.3)])
+def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path, tiny_llama, interrupt_after_passes,
+                                                             llm_dropout):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama, llm_dropout=llm_dropout)
     trainer = CLLM4RecTrainer(config, model)
     expected_score, _ = trainer.fit(train_data, valid_data)
     expected = trainer.evaluate(test_data, load_best_model=True)
 
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, llm_dropout=llm_dropout)
     trainer = CLLM4RecTrainer(config, model)
     original_run_pass, calls = trainer._run_pass, []
 
@@ -157,7 +159,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(train_data, valid_data)
 
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, llm_dropout=llm_dropout)
     trainer = CLLM4RecTrainer(config, model)
     resumed_calls = []
     original_run_pass = trainer._run_pass
@@ -396,3 +398,25 @@ def test_id_embedding_max_norm_caps_every_trained_row(data_root, tmp_path, tiny_
     assert torch.equal(before, free.collaborative_item_embedding.weight)
     with pytest.raises(ValueError, match="id_embedding_max_norm"):
         build(data_root, tmp_path / "bad", tiny_llama, id_embedding_max_norm=0)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_llama", "tiny_gpt2"])
+def test_llm_dropout_only_while_training(data_root, tmp_path, backbone, request):
+    _, model, *_ = build(data_root, tmp_path, request.getfixturevalue(backbone), llm_dropout=0.5, mixed_precision="none")
+    tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:3])
+    model.eval()
+    with torch.no_grad():
+        first, second = (model.hidden_states(tokens, attention_mask, "collaborative") for _ in range(2))
+    assert torch.equal(first, second)
+    model.train()
+    assert not model.backbone.training  # its own dropout modules stay off
+    with torch.no_grad():
+        dropped = model.hidden_states(tokens, attention_mask, "collaborative")
+    assert not torch.allclose(dropped, first)
+    _, plain, *_ = build(data_root, tmp_path / "plain", request.getfixturevalue(backbone), mixed_precision="none")
+    plain.train()
+    with torch.no_grad():
+        assert torch.equal(plain.hidden_states(tokens, attention_mask, "collaborative"), first)
+    with pytest.raises(ValueError, match="llm_dropout"):
+        build(data_root, tmp_path / "bad", request.getfixturevalue(backbone), llm_dropout=1.0)
+

@@ -24,7 +24,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import load_backbone
+from recbole_cllm4rec.backbone import add_residual_dropout, load_backbone
 from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
 
 
@@ -73,6 +73,11 @@ class CLLM4Rec(GeneralRecommender):
         self.backbone, self.tokenizer = load_backbone(
             self.llm_path, self.llm_num_layers, config["llm_cache_dir"]
         )
+        self.llm_dropout = config["llm_dropout"]
+        if not 0 <= self.llm_dropout < 1:
+            raise ValueError(f"llm_dropout must be in [0, 1), got {self.llm_dropout!r}")
+        if self.llm_dropout:
+            add_residual_dropout(self.backbone, self.llm_dropout, lambda: self.training)
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size, hidden_size = word_embeddings.weight.shape
         if self.vocab_size < len(self.tokenizer):
@@ -153,7 +158,7 @@ class CLLM4Rec(GeneralRecommender):
 
     def train(self, mode=True):
         super().train(mode)
-        self.backbone.eval()  # the frozen LM never runs dropout: training is deterministic
+        self.backbone.eval()  # the frozen LM's own dropout never runs; ``llm_dropout`` is ours, seeded
         return self
 
     def state_dict(self, *args, **kwargs):
@@ -199,8 +204,11 @@ class CLLM4Rec(GeneralRecommender):
         # A batch without padding (length bucketing makes many) runs with no mask: the backbone then takes
         # its plain causal-attention path instead of building and applying a padding mask.
         mask = None if bool(attention_mask.all()) else attention_mask.long()
+        embeddings = self._embed(tokens, side)
+        if self.training and self.llm_dropout:  # GPT-2's embd_pdrop; the blocks' branches drop in their hooks
+            embeddings = F.dropout(embeddings, self.llm_dropout, training=True)
         with self._autocast():
-            output = self.backbone.base_model(inputs_embeds=self._embed(tokens, side), attention_mask=mask, use_cache=False)
+            output = self.backbone.base_model(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
         return output.last_hidden_state
 
     def prompt_states(self, hidden, attention_mask):
