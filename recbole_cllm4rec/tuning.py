@@ -42,15 +42,21 @@ def reached_verdict(trial):
     )
 
 
+def fail_stale_trials(study):
+    """Mark trials whose worker stopped sending heartbeats as failed. Optuna calls the function experimental
+    (stable in use since 2.9) and would warn at every call, after every trial."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def stop_at_verdicts(n_trials):
     """Stop this worker once the study as a whole (every worker sharing its storage) has ``n_trials``
     trials with a verdict or still running elsewhere: two workers asked for two trials run two, not three.
     A running trial that is then interrupted leaves the study short; resuming runs what is missing."""
 
     def callback(study, trial):
-        with warnings.catch_warnings():  # stable in use since Optuna 2.9; its warning repeats after every trial
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a killed worker's trial is not running any more
+        fail_stale_trials(study)  # a killed worker's trial is not running any more
         trials = study.get_trials(deepcopy=False)
         running = sum(other.state == optuna.trial.TrialState.RUNNING for other in trials)
         if sum(reached_verdict(other) for other in trials) + running >= n_trials:
@@ -141,7 +147,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
-    optuna.storages.fail_stale_trials(study)
+    fail_stale_trials(study)
     done = sum(reached_verdict(trial) for trial in study.trials)
     remaining = max(n_trials - done, 0)
     logger = getLogger()
@@ -163,7 +169,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     if remaining:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
                        callbacks=[stop_at_verdicts(n_trials)])
-    optuna.storages.fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
+    fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
     if any(trial.state == optuna.trial.TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
         logger.info("Other workers are still running trials of this study: the last one to finish writes the "
                     "outputs and trains the best configuration.")
