@@ -420,3 +420,17 @@ def test_llm_dropout_only_while_training(data_root, tmp_path, backbone, request)
     with pytest.raises(ValueError, match="llm_dropout"):
         build(data_root, tmp_path / "bad", request.getfixturevalue(backbone), llm_dropout=1.0)
 
+
+
+def test_user_learning_rate_scale_sets_the_user_tables_rate(data_root, tmp_path, tiny_llama):
+    from recbole_cllm4rec.trainer import id_table_adam
+
+    _, model, *_ = build(data_root, tmp_path, tiny_llama, user_learning_rate_scale=10.0)
+    optimizer = id_table_adam(model, 1e-3)
+    rates = {id(parameter): group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    assert rates[id(model.collaborative_user_embedding.weight)] == pytest.approx(1e-2)
+    assert rates[id(model.content_user_embedding.weight)] == pytest.approx(1e-2)
+    assert rates[id(model.collaborative_item_embedding.weight)] == pytest.approx(1e-3)
+    assert len(rates) == len(model.trainable_parameters())  # every trainable table once
+    with pytest.raises(ValueError, match="user_learning_rate_scale"):
+        build(data_root, tmp_path / "bad", tiny_llama, user_learning_rate_scale=0)

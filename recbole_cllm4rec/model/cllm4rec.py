@@ -59,6 +59,9 @@ class CLLM4Rec(GeneralRecommender):
         self.finetune_target = config["finetune_target"]
         self.id_embedding_init = config["id_embedding_init"]
         self.id_embedding_max_norm = config["id_embedding_max_norm"]
+        self.user_learning_rate_scale = config["user_learning_rate_scale"]
+        if not self.user_learning_rate_scale > 0:
+            raise ValueError(f"user_learning_rate_scale must be positive, got {self.user_learning_rate_scale!r}")
         if self.id_embedding_max_norm is not None and not self.id_embedding_max_norm > 0:
             raise ValueError(f"id_embedding_max_norm must be a positive number or ~, got {self.id_embedding_max_norm!r}")
         self.item_text_fields = config["item_text_fields"]
