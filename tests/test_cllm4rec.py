@@ -421,7 +421,6 @@ def test_llm_dropout_only_while_training(data_root, tmp_path, backbone, request)
         build(data_root, tmp_path / "bad", request.getfixturevalue(backbone), llm_dropout=1.0)
 
 
-
 def test_user_learning_rate_scale_sets_the_user_tables_rate(data_root, tmp_path, tiny_llama):
     from recbole_cllm4rec.trainer import id_table_adam
 

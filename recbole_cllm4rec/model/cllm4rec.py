@@ -121,14 +121,18 @@ class CLLM4Rec(GeneralRecommender):
         self._initialise_id_embeddings(word_embeddings.weight.detach())
 
     # ----- parameters ---------------------------------------------------------------------------
+    def id_tables(self):
+        """The four ID embedding tables: collaborative and content, user and item."""
+        return (self.collaborative_user_embedding, self.collaborative_item_embedding,
+                self.content_user_embedding, self.content_item_embedding)
+
     def _initialise_id_embeddings(self, word_embeddings):
         """N(0, s^2) with s the std of the backbone's token embeddings, so soft tokens enter the LM
         at the scale of real ones. ``text_mean`` starts each item that has text at the mean embedding
         of its text tokens (both sides), a warm start the paper does not use."""
         generator = torch.Generator().manual_seed(self.seed)
         scale = float(word_embeddings.std())
-        tables = [self.collaborative_user_embedding, self.collaborative_item_embedding, self.content_user_embedding,
-                  self.content_item_embedding]
+        tables = list(self.id_tables())
         if self.item_head.weight is not self.collaborative_item_embedding.weight:
             tables.append(self.item_head)
         for table in tables:
@@ -155,8 +159,7 @@ class CLLM4Rec(GeneralRecommender):
         9.2, against 3.2 for real tokens, at most 7.5), so the frozen layers see inputs unlike any text."""
         if self.id_embedding_max_norm is None:
             return
-        for table in (self.collaborative_user_embedding, self.collaborative_item_embedding,
-                      self.content_user_embedding, self.content_item_embedding):
+        for table in self.id_tables():
             table.weight.renorm_(2, 0, self.id_embedding_max_norm)
 
     def train(self, mode=True):
