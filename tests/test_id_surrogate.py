@@ -1,0 +1,43 @@
+"""scripts/id_surrogate.py: CLLM4Rec's finetuning objective on the ID embeddings alone."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cllm4rec import build
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+spec = importlib.util.spec_from_file_location("id_surrogate", SCRIPTS / "id_surrogate.py")
+id_surrogate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(id_surrogate)
+
+
+@pytest.fixture
+def surrogate(data_root, tmp_path, tiny_llama):
+    _, model, *_ = build(data_root, tmp_path, tiny_llama)
+    return id_surrogate.IDSurrogate(model.corpus, model.n_users, model.n_items, 16, 0.1, 1.0, True, seed=0)
+
+
+def test_state_is_the_mean_of_the_user_token_and_the_visible_items(surrogate):
+    visible = [np.array([1, 2, 3]), np.array([4])]
+    states = surrogate.states([1, 2], visible)
+    users, items = surrogate.user_embedding, surrogate.item_embedding
+    torch.testing.assert_close(states[0], (users[1] + items[1] + items[2] + items[3]) / 4)
+    torch.testing.assert_close(states[1], (users[2] + items[4]) / 2)
+    surrogate.user_token = False
+    torch.testing.assert_close(surrogate.states([1, 2], visible)[1], items[4])
+
+
+def test_training_fits_the_held_out_items_and_never_predicts_padding(surrogate):
+    corpus = surrogate.corpus
+    users = np.asarray([user for user in range(1, len(corpus.user_histories)) if len(corpus.user_histories[user])])
+    optimizer = torch.optim.Adam(surrogate.parameters(), lr=0.05)
+    losses = [id_surrogate.train_epoch(surrogate, optimizer, users, 0.3, 4, torch.Generator().manual_seed(epoch))
+              for epoch in range(8)]
+    assert losses[-1] < 0.8 * losses[0]
+    scores = surrogate.full_sort_predict({"user_id": torch.as_tensor(users[:3])})
+    assert scores.shape == (3, surrogate.item_embedding.shape[0]) and torch.isinf(scores[:, 0]).all()
