@@ -9,7 +9,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
 from recbole_cllm4rec import CLLM4Rec, CLLM4RecTrainer
-from recbole_cllm4rec.corpus import pad_documents
+from recbole_cllm4rec.corpus import Document, pad_documents
 
 
 def build(data_root, tmp_path, llm_path, dataset="tiny", **overrides):
@@ -322,8 +322,6 @@ def test_probe_metrics_match_recbole_evaluator(tiny):
 
 def short_and_long_prompts(model):
     """User 1's scoring prompt and a shorter one cut from it: batched together, the short one is padded."""
-    from recbole_cllm4rec.corpus import Document
-
     long = model.corpus.scoring_document(1)
     return Document(np.concatenate([long.tokens[:4], long.tokens[-3:]]), 7), long
 
@@ -355,7 +353,7 @@ def test_mean_user_state_averages_the_prompt_whatever_the_padding(data_root, tmp
 
         tokens, attention_mask, _ = pad_documents([short, long])
         assert not attention_mask.all()
-        padded = mean.prompt_states(mean.hidden_states(tokens, attention_mask, "collaborative"), attention_mask)
+        padded = mean.prompt_states(mean.hidden_states(tokens, attention_mask, "collaborative"), attention_mask, tokens)
         torch.testing.assert_close(padded, torch.stack([alone(short), alone(long)]), rtol=1e-4, atol=1e-4)
 
         expected = torch.stack([alone(mean.corpus.scoring_document(user)) for user in users])
@@ -366,6 +364,24 @@ def test_mean_user_state_averages_the_prompt_whatever_the_padding(data_root, tmp
     before = mean.collaborative_item_embedding.weight.detach().clone()
     one_finetuning_step(mean)
     assert not torch.equal(mean.collaborative_item_embedding.weight, before)
+
+
+def test_history_mean_user_state_averages_only_the_history_items(data_root, tmp_path, tiny_llama):
+    _, model, *_ = build(data_root, tmp_path, tiny_llama, user_state="history_mean")
+    model.eval()
+    short, long = short_and_long_prompts(model)
+    no_history = model.corpus.recommendation_template.render(user=1, history=[])
+    documents = [short, long, Document(no_history, len(no_history))]
+    with torch.no_grad():
+        def alone(document):
+            tokens, attention_mask, _ = pad_documents([document])
+            hidden = model.hidden_states(tokens, attention_mask, "collaborative")[0]
+            is_item = tokens[0] >= model.token_space.item_offset
+            return hidden[is_item].mean(0) if is_item.any() else hidden.mean(0)
+
+        tokens, attention_mask, _ = pad_documents(documents)
+        states = model.prompt_states(model.hidden_states(tokens, attention_mask, "collaborative"), attention_mask, tokens)
+    torch.testing.assert_close(states, torch.stack([alone(document) for document in documents]), rtol=1e-4, atol=1e-4)
 
 
 def test_text_mean_init_reads_item_text_without_the_content_lm(data_root, tmp_path, tiny_llama):

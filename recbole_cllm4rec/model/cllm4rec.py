@@ -68,8 +68,8 @@ class CLLM4Rec(GeneralRecommender):
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.seed = config["seed"]
         self.user_state = config["user_state"]
-        if self.user_state not in ("last", "mean"):
-            raise ValueError(f"user_state must be 'last' or 'mean', got {self.user_state!r}")
+        if self.user_state not in ("last", "mean", "history_mean"):
+            raise ValueError(f"user_state must be 'last', 'mean' or 'history_mean', got {self.user_state!r}")
         if self.finetune_target not in ("held_out", "all"):
             raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
@@ -217,14 +217,20 @@ class CLLM4Rec(GeneralRecommender):
             output = self.backbone.base_model(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
         return output.last_hidden_state
 
-    def prompt_states(self, hidden, attention_mask):
-        """One state [B, H] per right-padded prompt: its last position's hidden state (paper), or with
-        ``user_state: mean`` the mean over all its positions (summed in fp32, also under bf16 autocast)."""
+    def prompt_states(self, hidden, attention_mask, tokens):
+        """One state [B, H] per right-padded prompt: its last position's hidden state (paper); with
+        ``user_state: mean`` the mean over all its positions; with ``history_mean`` the mean over the positions
+        of its history items only (the hard-text positions are the same words for every user), or over all
+        positions for a prompt with no visible item. Means are summed in fp32, also under bf16 autocast."""
         lengths = attention_mask.sum(1)
         if self.user_state == "last":
             return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
-        weights = attention_mask.unsqueeze(-1).float()
-        return (hidden.float() * weights).sum(1) / lengths.unsqueeze(-1).float()
+        weights = attention_mask.bool()
+        if self.user_state == "history_mean":
+            is_item = weights & (tokens >= self.token_space.item_offset)
+            weights = torch.where(is_item.any(1, keepdim=True), is_item, weights)
+        weights = weights.unsqueeze(-1).float()
+        return (hidden.float() * weights).sum(1) / weights.sum(1)
 
     def _item_logits(self, hidden):
         if self.item_logit_scale is not None:
@@ -287,7 +293,7 @@ class CLLM4Rec(GeneralRecommender):
 
         ``targets`` is ``(rows, items)``: one (prompt row, held-out item) pair per target."""
         hidden = self.hidden_states(tokens, attention_mask, "collaborative")
-        states = self.prompt_states(hidden, attention_mask)
+        states = self.prompt_states(hidden, attention_mask, tokens)
         log_probabilities = F.log_softmax(self._item_logits(states), dim=1)
         rows, columns = targets
         likelihood = -log_probabilities[rows, columns].sum() / len(tokens)
@@ -336,7 +342,7 @@ class CLLM4Rec(GeneralRecommender):
             tokens, attention_mask, _ = pad_documents([documents[k] for k in batch])
             tokens, attention_mask = tokens.to(self.device), attention_mask.to(self.device)
             hidden = self.hidden_states(tokens, attention_mask, "collaborative")
-            states = self.prompt_states(hidden, attention_mask)
+            states = self.prompt_states(hidden, attention_mask, tokens)
             for position, index in enumerate(batch):
                 representations[index] = states[position]
         return torch.stack(representations)
