@@ -14,7 +14,6 @@ definitions, training items masked; ``--users=0``: all of them). Diagnostic figu
 """
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from time import perf_counter
@@ -27,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe import recall_ndcg, validation_subset  # noqa: E402
+from probe import append_table, recall_ndcg, validation_subset  # noqa: E402
 
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 
@@ -140,15 +139,10 @@ def main(argv=None):
               f"{perf_counter() - started:.0f} s", flush=True)
 
     if arguments.output:
-        command = "python scripts/id_surrogate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        path = Path(arguments.output)
-        header = "" if path.exists() else (
-            "| run | epoch | mean loss | recall@20 | ndcg@100 | seconds |\n|---|---|---|---|---|---|\n")
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(header + "".join(f"| {label} | {epoch} | {loss:.3f} | {recall:.4f} | {ndcg:.4f} | {seconds:.0f} |\n"
-                                          for epoch, loss, recall, ndcg, seconds in rows))
-            handle.write(f"| `{command}` | | | | | |\n")
-
+        append_table(arguments.output, "id_surrogate.py", argv,
+                     ("run", "epoch", "mean loss", "recall@20", "ndcg@100", "seconds"),
+                     [(label, epoch, f"{loss:.3f}", f"{recall:.4f}", f"{ndcg:.4f}", f"{seconds:.0f}")
+                      for epoch, loss, recall, ndcg, seconds in rows])
 
 if __name__ == "__main__":
     main()

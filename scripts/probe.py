@@ -61,6 +61,17 @@ def recall_ndcg(model, targets, k_recall=20, k_ndcg=100):
     return float(np.mean(recalls)), float(np.mean(ndcgs))
 
 
+def append_table(path, script, argv, columns, rows):
+    """Append ``rows`` to the markdown table in ``path`` (header first if the file is new), then the command."""
+    path = Path(path)
+    command = f"python scripts/{script} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    lines = [] if path.exists() else ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
+    lines.append(f"| `{command}` |" + " |" * (len(columns) - 1))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
 def run_pass(model, kind, optimizer, budget, generator):
     corpus = model.corpus
     held_out = None
@@ -116,16 +127,10 @@ def main(argv=None):
               f"{perf_counter() - started:.0f} s", flush=True)
 
     if arguments.output:
-        command = "python scripts/probe.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        path = Path(arguments.output)
-        header = "" if path.exists() else (
-            "| probe | pass | kind | steps so far | mean loss | recall@20 | ndcg@100 | seconds |\n|---|---|---|---|---|---|---|---|\n")
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(header + "".join(
-                f"| {label} | {position} | {kind} | {steps} | {loss:.3f} | {recall:.4f} | {ndcg:.4f} | {seconds:.0f} |\n"
-                for position, kind, steps, loss, recall, ndcg, seconds in rows))
-            handle.write(f"| `{command}` | | | | | | | |\n")
-
+        append_table(arguments.output, "probe.py", argv,
+                     ("probe", "pass", "kind", "steps so far", "mean loss", "recall@20", "ndcg@100", "seconds"),
+                     [(label, position, kind, steps, f"{loss:.3f}", f"{recall:.4f}", f"{ndcg:.4f}", f"{seconds:.0f}")
+                      for position, kind, steps, loss, recall, ndcg, seconds in rows])
 
 if __name__ == "__main__":
     main()

@@ -41,3 +41,13 @@ def test_training_fits_the_held_out_items_and_never_predicts_padding(surrogate):
     assert losses[-1] < 0.8 * losses[0]
     scores = surrogate.full_sort_predict({"user_id": torch.as_tensor(users[:3])})
     assert scores.shape == (3, surrogate.item_embedding.shape[0]) and torch.isinf(scores[:, 0]).all()
+
+
+def test_tables_get_one_header_and_each_run_its_command(tmp_path):
+    output = tmp_path / "runs.md"
+    for label in ("a", "b"):
+        id_surrogate.append_table(output, "id_surrogate.py", ["--label", label], ("run", "epoch"), [(label, 1), (label, 2)])
+    lines = output.read_text().splitlines()
+    assert lines[:2] == ["| run | epoch |", "|---|---|"] and lines.count("| run | epoch |") == 1
+    assert lines[2:5] == ["| a | 1 |", "| a | 2 |", "| `python scripts/id_surrogate.py --label a` | |"]
+    assert len(lines) == 8
