@@ -86,7 +86,7 @@ def markdown(records, dataset):
     lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
              f"Command: `{commands}`", "",
              "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
-             "|---" * (len(headline) + 6) + "|"]
+             "|---" * (len(headline) + 5) + "|"]
     for record in records:
         cells = []
         for metric in headline:

@@ -76,3 +76,5 @@ def test_table_names_the_command_of_every_row_not_only_the_last(tmp_path):
     ablation.write_outputs(records, tmp_path / "ablation.md", "amazon-beauty")
     text = (tmp_path / "ablation.md").read_text()
     assert "--variants=full" in text and "--variants=layers-0 --layers=0" in text
+    header, separator = [line for line in text.splitlines() if line.startswith("| variant |") or line.startswith("|---")]
+    assert separator.count("---") == header.count("|") - 1
