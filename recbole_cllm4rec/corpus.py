@@ -41,6 +41,10 @@ class TokenSpace:
     def item_tokens(self, item_ids):
         return np.asarray(item_ids, dtype=np.int64) + self.item_offset
 
+    def item_ids(self, tokens):
+        """The item ids of the item tokens among ``tokens``, in order (the inverse of ``item_tokens``)."""
+        return tokens[tokens >= self.item_offset] - self.item_offset
+
 
 class PromptTemplate:
     """A text template with ``{user}``, ``{item}`` and ``{history}`` slots; hard text is tokenized once."""

@@ -66,10 +66,6 @@ class IDSurrogate(nn.Module):
         return self.item_logits(self.states(users, [self.corpus.user_histories[user] for user in users]))
 
 
-def visible_items(corpus, document):
-    return document.tokens[document.tokens >= corpus.token_space.item_offset] - corpus.token_space.item_offset
-
-
 def train_epoch(model, optimizer, users, mask_ratio, batch_users, generator):
     corpus = model.corpus
     losses = []
@@ -78,7 +74,7 @@ def train_epoch(model, optimizer, users, mask_ratio, batch_users, generator):
         batch = users[order[start:start + batch_users]]
         documents, held_out = corpus.recommendation_documents(batch, mask_ratio, generator)
         log_probabilities = F.log_softmax(model.item_logits(
-            model.states(batch, [visible_items(corpus, document) for document in documents])), dim=1)
+            model.states(batch, [corpus.token_space.item_ids(document.tokens) for document in documents])), dim=1)
         rows = np.repeat(np.arange(len(held_out)), [len(items) for items in held_out])
         loss = -log_probabilities[rows, np.concatenate(held_out)].sum() / len(held_out)
         optimizer.zero_grad(set_to_none=True)
@@ -118,13 +114,11 @@ def main(argv=None):
     hidden_size = backbone_model.vocab_head.weight.shape[1]
     n_users, n_items = backbone_model.n_users, backbone_model.n_items
     del backbone_model
-    torch.manual_seed(config["seed"])
     model = IDSurrogate(corpus, n_users, n_items, hidden_size, init_std, config["item_logit_scale"] or 1.0,
                         not arguments.no_user_token, config["seed"])
     learning_rate = arguments.learning_rate or config["learning_rate"]
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    n_valid = len(np.unique(valid_data._dataset.inter_feat[valid_data._dataset.uid_field].numpy()))
-    targets = validation_subset(valid_data._dataset, arguments.users or n_valid)
+    targets = validation_subset(valid_data._dataset, arguments.users or n_users)  # 0: every validation user
     users = np.asarray([user for user in range(1, len(corpus.user_histories)) if len(corpus.user_histories[user])])
     label = arguments.label or f"lr {learning_rate:g}" + (", no user token" if arguments.no_user_token else "")
 
@@ -143,6 +137,7 @@ def main(argv=None):
                      ("run", "epoch", "mean loss", "recall@20", "ndcg@100", "seconds"),
                      [(label, epoch, f"{loss:.3f}", f"{recall:.4f}", f"{ndcg:.4f}", f"{seconds:.0f}")
                       for epoch, loss, recall, ndcg, seconds in rows])
+
 
 if __name__ == "__main__":
     main()

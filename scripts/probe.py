@@ -132,5 +132,6 @@ def main(argv=None):
                      [(label, position, kind, steps, f"{loss:.3f}", f"{recall:.4f}", f"{ndcg:.4f}", f"{seconds:.0f}")
                       for position, kind, steps, loss, recall, ndcg, seconds in rows])
 
+
 if __name__ == "__main__":
     main()

@@ -222,9 +222,8 @@ class CLLM4Rec(GeneralRecommender):
         ``user_state: mean`` the mean over all its positions; with ``history_mean`` the mean over the positions
         of its history items only (the hard-text positions are the same words for every user), or over all
         positions for a prompt with no visible item. Means are summed in fp32, also under bf16 autocast."""
-        lengths = attention_mask.sum(1)
         if self.user_state == "last":
-            return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
+            return hidden[torch.arange(len(hidden), device=hidden.device), attention_mask.sum(1) - 1]
         weights = attention_mask.bool()
         if self.user_state == "history_mean":
             is_item = weights & (tokens >= self.token_space.item_offset)
@@ -307,8 +306,7 @@ class CLLM4Rec(GeneralRecommender):
         for document, items in zip(documents, held_out):
             items = np.asarray(items, dtype=np.int64)
             if self.finetune_target == "all":  # the reference code's target: the whole history
-                visible = document.tokens[document.tokens >= self.token_space.item_offset] - self.token_space.item_offset
-                items = np.union1d(items, np.asarray(visible, dtype=np.int64))
+                items = np.union1d(items, np.asarray(self.token_space.item_ids(document.tokens), dtype=np.int64))
             per_prompt.append(items)
         rows = np.repeat(np.arange(len(per_prompt)), [len(items) for items in per_prompt])
         columns = np.concatenate(per_prompt)
