@@ -143,6 +143,21 @@ def add_residual_dropout(model, probability, is_training):
             branch.register_forward_hook(drop_branch_output)
 
 
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def take_final_norm(model):
+    """Take the final norm out of ``model``'s decoder (in place: an identity stands in its place) and return it,
+    so a caller can read the last block's output, the residual stream, and apply the norm only where it wants."""
+    decoder = model.base_model
+    for name in FINAL_NORM_NAMES:
+        norm = getattr(decoder, name, None)
+        if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+            setattr(decoder, name, nn.Identity())
+            return norm
+    raise ValueError(f"Cannot find the final norm of {type(model).__name__} (looked for {', '.join(FINAL_NORM_NAMES)})")
+
+
 def keep_first_layers(model, num_layers):
     """Truncate the backbone to its first ``num_layers`` transformer blocks (in place). Zero keeps none:
     each position's state is then its own input embedding through the final norm, the control that

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe import append_table, recall_ndcg, validation_subset  # noqa: E402
 
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
+from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
 
 class IDSurrogate(nn.Module):
@@ -36,8 +37,10 @@ class IDSurrogate(nn.Module):
 
     USER_ID = "user_id"
 
-    def __init__(self, corpus, n_users, n_items, hidden_size, init_std, logit_scale, user_token, seed):
+    def __init__(self, corpus, n_users, n_items, hidden_size, init_std, logit_scale, user_token, seed,
+                 final_norm=None):
         super().__init__()
+        self.final_norm = final_norm  # the backbone's last RMSNorm (frozen), applied to each prompt position
         generator = torch.Generator().manual_seed(seed)
         self.corpus = corpus
         self.user_token = user_token
@@ -49,10 +52,16 @@ class IDSurrogate(nn.Module):
         lengths = torch.tensor([len(items) for items in visible_items])
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
         flat = torch.as_tensor(np.concatenate(visible_items), dtype=torch.long)
-        total = F.embedding_bag(flat, self.item_embedding, offsets, mode="sum")
+        if self.final_norm is None:
+            total = F.embedding_bag(flat, self.item_embedding, offsets, mode="sum")
+        else:
+            segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+            total = torch.zeros(len(lengths), self.item_embedding.shape[1]).index_add_(
+                0, segments, self.final_norm(self.item_embedding[flat]))
         count = lengths.float()
         if self.user_token:
-            total = total + self.user_embedding[torch.as_tensor(users, dtype=torch.long)]
+            user_rows = self.user_embedding[torch.as_tensor(users, dtype=torch.long)]
+            total = total + (user_rows if self.final_norm is None else self.final_norm(user_rows))
             count = count + 1
         return total / count.clamp(min=1).unsqueeze(1)
 
@@ -66,13 +75,20 @@ class IDSurrogate(nn.Module):
         return self.item_logits(self.states(users, [self.corpus.user_histories[user] for user in users]))
 
 
-def train_epoch(model, optimizer, users, mask_ratio, batch_users, generator):
+def train_epoch(model, optimizer, users, mask_ratio, batch_users, generator, batch_tokens=None):
+    """One pass over ``users`` in random batches of ``batch_users``; with ``batch_tokens``, in the trainer's
+    length-bucketed batches of at most that many padded prompt tokens instead."""
     corpus = model.corpus
     losses = []
-    order = torch.randperm(len(users), generator=generator).numpy()
-    for start in range(0, len(order), batch_users):
-        batch = users[order[start:start + batch_users]]
-        documents, held_out = corpus.recommendation_documents(batch, mask_ratio, generator)
+    all_documents, all_held_out = corpus.recommendation_documents(users, mask_ratio, generator)
+    if batch_tokens:
+        batches = bucket_batches([len(document.tokens) for document in all_documents], batch_tokens, generator)
+    else:
+        order = torch.randperm(len(users), generator=generator).numpy()
+        batches = [order[start:start + batch_users] for start in range(0, len(order), batch_users)]
+    for indices in batches:
+        batch = users[indices]
+        documents, held_out = [all_documents[k] for k in indices], [all_held_out[k] for k in indices]
         log_probabilities = F.log_softmax(model.item_logits(
             model.states(batch, [corpus.token_space.item_ids(document.tokens) for document in documents])), dim=1)
         rows = np.repeat(np.arange(len(held_out)), [len(items) for items in held_out])
@@ -102,6 +118,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch_users", type=int, default=50, help="about the cpu profile's prompts per step")
     parser.add_argument("--no_user_token", action="store_true")
+    parser.add_argument("--final_norm", action="store_true",
+                        help="each prompt position through the backbone's final RMSNorm and gain, as llm_num_layers: 0")
+    parser.add_argument("--bucketed", action="store_true",
+                        help="the trainer's length-bucketed batches of train_batch_tokens instead of batch_users")
     parser.add_argument("--users", type=int, default=0, help="validation users to score (0: all)")
     parser.add_argument("--label", default=None)
     parser.add_argument("--output", default=None, help="append one row per epoch to this markdown file")
@@ -112,21 +132,26 @@ def main(argv=None):
     corpus = backbone_model.corpus
     init_std = float(backbone_model.vocab_head.weight.std())  # CLLM4Rec's own start: the token embeddings' std
     hidden_size = backbone_model.vocab_head.weight.shape[1]
+    final_norm = backbone_model.backbone.base_model.norm.requires_grad_(False) if arguments.final_norm else None
     n_users, n_items = backbone_model.n_users, backbone_model.n_items
     del backbone_model
     model = IDSurrogate(corpus, n_users, n_items, hidden_size, init_std, config["item_logit_scale"] or 1.0,
-                        not arguments.no_user_token, config["seed"])
+                        not arguments.no_user_token, config["seed"], final_norm)
     learning_rate = arguments.learning_rate or config["learning_rate"]
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     targets = validation_subset(valid_data._dataset, arguments.users or n_users)  # 0: every validation user
     users = np.asarray([user for user in range(1, len(corpus.user_histories)) if len(corpus.user_histories[user])])
-    label = arguments.label or f"lr {learning_rate:g}" + (", no user token" if arguments.no_user_token else "")
+    label = arguments.label or ", ".join([f"lr {learning_rate:g}"] + [
+        name for name, chosen in (("no user token", arguments.no_user_token), ("final norm", arguments.final_norm),
+                                  ("bucketed", arguments.bucketed)) if chosen])
+    batch_tokens = config["train_batch_tokens"] if arguments.bucketed else None
 
     rows = []
     started = perf_counter()
     for epoch in range(1, arguments.epochs + 1):
         generator = torch.Generator().manual_seed(config["seed"] + epoch)
-        loss = train_epoch(model, optimizer, users, config["mask_ratio"], arguments.batch_users, generator)
+        loss = train_epoch(model, optimizer, users, config["mask_ratio"], arguments.batch_users, generator,
+                           batch_tokens)
         recall, ndcg = evaluate(model, targets)
         rows.append((epoch, loss, recall, ndcg, perf_counter() - started))
         print(f"{label}: epoch {epoch}, loss {loss:.3f}, recall@20 {recall:.4f}, ndcg@100 {ndcg:.4f}, "

@@ -17,6 +17,18 @@ def test_directory_is_loaded_frozen_and_truncated(tiny_llama, tiny_gpt2):
         assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
 
 
+def test_final_norm_is_taken_out_of_either_family(tiny_llama, tiny_gpt2):
+    for path, name in ((tiny_llama, "norm"), (tiny_gpt2, "ln_f")):
+        model, _ = backbone.load_backbone(path, num_layers=1)
+        norm = getattr(model.base_model, name)
+        inputs = torch.randn(1, 3, model.config.hidden_size)
+        normed = model.base_model(inputs_embeds=inputs).last_hidden_state
+        assert backbone.take_final_norm(model) is norm
+        torch.testing.assert_close(norm(model.base_model(inputs_embeds=inputs).last_hidden_state), normed)
+        with pytest.raises(ValueError, match="final norm"):
+            backbone.take_final_norm(model)
+
+
 def test_missing_gguf_and_bad_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="GGUF file that does not exist"):
         backbone.resolve_llm_path(str(tmp_path / "nope.gguf"))

@@ -192,6 +192,23 @@ def test_zero_layers_keeps_only_the_embeddings_and_final_norm(data_root, tmp_pat
     assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
 
 
+def test_residual_item_head_input_skips_the_final_norm_on_the_collaborative_side_only(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path, tiny_llama, llm_num_layers=0,
+                                                             item_head_input="residual", epochs=1)
+    _, normed, *_ = build(data_root, tmp_path, tiny_llama, llm_num_layers=0)
+    tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:2])
+    embeddings = model._embed(tokens, "collaborative")
+    torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "collaborative"), embeddings)
+    torch.testing.assert_close(normed.hidden_states(tokens, attention_mask, "collaborative"), model.final_norm(embeddings))
+    torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "content"),
+                               model.final_norm(model._embed(tokens, "content")))
+    assert not any(key.startswith("final_norm.") for key in model.state_dict())
+    assert not any(parameter.requires_grad for parameter in model.final_norm.parameters())
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.fit(train_data, valid_data)
+    assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
+
+
 def test_dataset_without_text_trains_collaborative_only(data_root, tmp_path, tiny_llama, caplog):
     config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, dataset="tiny-notext",
                                                      load_col={"inter": ["user_id", "item_id", "timestamp"]})
@@ -220,6 +237,8 @@ def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
         build(data_root, tmp_path, tiny_llama, llm_num_layers=-1)
     with pytest.raises(ValueError, match="user_state"):
         build(data_root, tmp_path, tiny_llama, user_state="first")
+    with pytest.raises(ValueError, match="item_head_input"):
+        build(data_root, tmp_path, tiny_llama, item_head_input="raw")
     with pytest.raises(OSError, match="llm_path"):
         build(data_root, tmp_path, tiny_llama + "-missing")
 

@@ -24,7 +24,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import add_residual_dropout, load_backbone
+from recbole_cllm4rec.backbone import add_residual_dropout, load_backbone, take_final_norm
 from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
 
 
@@ -47,7 +47,7 @@ def resolve_mixed_precision(setting, device):
 class CLLM4Rec(GeneralRecommender):
     input_type = InputType.POINTWISE
     skip_flops = True  # see recbole_cllm4rec.compat: get_flops would deep-copy the backbone
-    frozen_prefixes = ("backbone.", "vocab_head.")
+    frozen_prefixes = ("backbone.", "vocab_head.", "final_norm.")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -70,6 +70,9 @@ class CLLM4Rec(GeneralRecommender):
         self.user_state = config["user_state"]
         if self.user_state not in ("last", "mean", "history_mean"):
             raise ValueError(f"user_state must be 'last', 'mean' or 'history_mean', got {self.user_state!r}")
+        self.item_head_input = config["item_head_input"]
+        if self.item_head_input not in ("normed", "residual"):
+            raise ValueError(f"item_head_input must be 'normed' or 'residual', got {self.item_head_input!r}")
         if self.finetune_target not in ("held_out", "all"):
             raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
@@ -81,6 +84,10 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"llm_dropout must be in [0, 1), got {self.llm_dropout!r}")
         if self.llm_dropout:
             add_residual_dropout(self.backbone, self.llm_dropout, lambda: self.training)
+        # ``item_head_input: residual``: the collaborative side (item head) reads the last block's output, the
+        # residual stream, before the backbone's final norm. That norm is then taken out of the backbone and
+        # applied here to the content side only, whose frozen vocabulary head was trained on normed states.
+        self.final_norm = take_final_norm(self.backbone) if self.item_head_input == "residual" else None
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size, hidden_size = word_embeddings.weight.shape
         if self.vocab_size < len(self.tokenizer):
@@ -206,7 +213,8 @@ class CLLM4Rec(GeneralRecommender):
         return embeddings.masked_scatter(is_item.unsqueeze(-1), item_table(tokens[is_item] - space.item_offset))
 
     def hidden_states(self, tokens, attention_mask, side):
-        """Last-layer hidden states [B, L, H] of the frozen backbone (after its final norm)."""
+        """Last-layer hidden states [B, L, H] of the frozen backbone: after its final norm, except on the
+        collaborative side with ``item_head_input: residual`` (the last block's output)."""
         # A batch without padding (length bucketing makes many) runs with no mask: the backbone then takes
         # its plain causal-attention path instead of building and applying a padding mask.
         mask = None if bool(attention_mask.all()) else attention_mask.long()
@@ -214,8 +222,11 @@ class CLLM4Rec(GeneralRecommender):
         if self.training and self.llm_dropout:  # GPT-2's embd_pdrop; the blocks' branches drop in their hooks
             embeddings = F.dropout(embeddings, self.llm_dropout, training=True)
         with self._autocast():
-            output = self.backbone.base_model(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
-        return output.last_hidden_state
+            hidden = self.backbone.base_model(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
+            hidden = hidden.last_hidden_state
+            if self.final_norm is not None and side == "content":
+                hidden = self.final_norm(hidden)
+        return hidden
 
     def prompt_states(self, hidden, attention_mask, tokens):
         """One state [B, H] per right-padded prompt: its last position's hidden state (paper); with
