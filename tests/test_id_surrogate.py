@@ -32,12 +32,22 @@ def test_state_is_the_mean_of_the_user_token_and_the_visible_items(surrogate):
     torch.testing.assert_close(surrogate.states([1, 2], visible)[1], items[4])
 
 
-def test_training_fits_the_held_out_items_and_never_predicts_padding(surrogate):
+def test_final_norm_normalises_each_position_before_the_mean(surrogate):
+    surrogate.final_norm = torch.nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        surrogate.final_norm.weight.uniform_(0.5, 2.0)
+    items, norm = surrogate.item_embedding, surrogate.final_norm
+    states = surrogate.states([1], [np.array([1, 2])])
+    torch.testing.assert_close(states[0], (norm(surrogate.user_embedding[1]) + norm(items[1]) + norm(items[2])) / 3)
+
+
+@pytest.mark.parametrize("batch_tokens", [None, 64])
+def test_training_fits_the_held_out_items_and_never_predicts_padding(surrogate, batch_tokens):
     corpus = surrogate.corpus
     users = np.asarray([user for user in range(1, len(corpus.user_histories)) if len(corpus.user_histories[user])])
     optimizer = torch.optim.Adam(surrogate.parameters(), lr=0.05)
-    losses = [id_surrogate.train_epoch(surrogate, optimizer, users, 0.3, 4, torch.Generator().manual_seed(epoch))
-              for epoch in range(8)]
+    losses = [id_surrogate.train_epoch(surrogate, optimizer, users, 0.3, 4, torch.Generator().manual_seed(epoch),
+                                       batch_tokens) for epoch in range(8)]
     assert losses[-1] < 0.8 * losses[0]
     scores = surrogate.full_sort_predict({"user_id": torch.as_tensor(users[:3])})
     assert scores.shape == (3, surrogate.item_embedding.shape[0]) and torch.isinf(scores[:, 0]).all()
