@@ -209,6 +209,17 @@ def test_residual_item_head_input_skips_the_final_norm_on_the_collaborative_side
     assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
 
 
+def test_soft_token_scale_multiplies_only_the_id_embeddings(data_root, tmp_path, tiny_llama):
+    _, plain, *_ = build(data_root, tmp_path, tiny_llama)
+    _, scaled, *_ = build(data_root, tmp_path, tiny_llama, soft_token_scale=3.0)
+    tokens, _, _ = pad_documents(plain.corpus.collaborative_documents()[:3])
+    is_soft = (tokens >= plain.token_space.vocab_size).unsqueeze(-1)
+    for side in ("collaborative", "content"):
+        expected = torch.where(is_soft, 3 * plain._embed(tokens, side), plain._embed(tokens, side))
+        torch.testing.assert_close(scaled._embed(tokens, side), expected)
+    torch.testing.assert_close(scaled.item_head.weight, plain.item_head.weight)  # the head reads them unscaled
+
+
 def test_dataset_without_text_trains_collaborative_only(data_root, tmp_path, tiny_llama, caplog):
     config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, dataset="tiny-notext",
                                                      load_col={"inter": ["user_id", "item_id", "timestamp"]})
@@ -237,6 +248,8 @@ def test_bad_options_are_rejected(data_root, tmp_path, tiny_llama):
         build(data_root, tmp_path, tiny_llama, llm_num_layers=-1)
     with pytest.raises(ValueError, match="user_state"):
         build(data_root, tmp_path, tiny_llama, user_state="first")
+    with pytest.raises(ValueError, match="soft_token_scale"):
+        build(data_root, tmp_path, tiny_llama, soft_token_scale=0)
     with pytest.raises(ValueError, match="item_head_input"):
         build(data_root, tmp_path, tiny_llama, item_head_input="raw")
     with pytest.raises(OSError, match="llm_path"):
