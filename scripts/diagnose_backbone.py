@@ -8,7 +8,11 @@ For each ``llm_num_layers`` it builds CLLM4Rec with fresh soft tokens and report
   documents (a uniform guess over the vocabulary costs ln(vocabulary size));
 - item loss: the finetuning loss per held-out item on ``--users`` users (uniform: ln(number of items));
 - the scoring prompt's last hidden state: its mean norm, the mean cosine between users, and how far it moves
-  when a user's history is swapped for another user's (the signal the item head can use).
+  when a user's history is swapped for another user's (the signal the item head can use);
+- with ``--item_head_input=residual``, at the history items' positions of the scoring prompts: the norm of the
+  soft token as it enters (``soft_token_scale`` included), of what the blocks add to it, and of the part of that
+  shared by all positions, and the mean cosine between the token and its own last residual state (also with the
+  states' mean removed): how much of an item's identity reaches the item head.
 """
 
 import argparse
@@ -30,6 +34,22 @@ def last_states(model, documents):
     return hidden[torch.arange(len(documents)), attention_mask.sum(1) - 1]
 
 
+def soft_token_identity(model, documents):
+    tokens, attention_mask, _ = pad_documents(documents)
+    is_item = attention_mask.bool() & (tokens >= model.token_space.item_offset)
+    entering = model._embed(tokens, "collaborative")[is_item]
+    states = model.hidden_states(tokens, attention_mask, "collaborative")[is_item]
+    added = states - entering
+    cosine = torch.nn.functional.cosine_similarity
+    return {
+        "soft token norm": float(entering.norm(dim=1).mean()),
+        "block output norm": float(added.norm(dim=1).mean()),
+        "shared block output norm": float(added.mean(0).norm()),
+        "cosine token-state": float(cosine(entering, states, dim=1).mean()),
+        "same, state mean removed": float(cosine(entering, states - states.mean(0), dim=1).mean()),
+    }
+
+
 @torch.no_grad()
 def diagnose(model, n_documents, n_users):
     model.eval()
@@ -43,7 +63,8 @@ def diagnose(model, n_documents, n_users):
     item_loss, _, _ = model.document_loss("recommendation", documents, held_out)
     row["item loss"] = float(item_loss) * len(documents) / sum(len(items) for items in held_out)
     template = corpus.recommendation_template
-    own = last_states(model, [Document(template.render(user=u, history=corpus.user_histories[u]), 0) for u in users])
+    scoring = [Document(template.render(user=u, history=corpus.user_histories[u]), 0) for u in users]
+    own = last_states(model, scoring)
     others = users[1:] + users[:1]
     swapped = last_states(model, [Document(template.render(user=u, history=corpus.user_histories[o]), 0)
                                   for u, o in zip(users, others)])
@@ -51,6 +72,8 @@ def diagnose(model, n_documents, n_users):
     row["hidden norm"] = float(own.norm(dim=1).mean())
     row["cosine between users"] = float((unit @ unit.T).mean())
     row["move when history swapped"] = float((own - swapped).norm(dim=1).mean())
+    if model.item_head_input == "residual":
+        row.update(soft_token_identity(model, scoring))
     return row
 
 
@@ -68,7 +91,8 @@ def main(argv=None):
     for layers in [int(value) for value in arguments.layers.split(",")]:
         config, model, _, _ = build_cllm4rec(arguments.dataset, arguments.config_files, {"content_lm": True},
                                              [*recbole_arguments, f"--llm_num_layers={layers}"])
-        row = {"layers": model.backbone.config.num_hidden_layers, **diagnose(model, arguments.documents, arguments.users)}
+        row = {"layers": model.backbone.config.num_hidden_layers, "soft token scale": config["soft_token_scale"],
+               **diagnose(model, arguments.documents, arguments.users)}
         rows.append(row)
         print(", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in row.items()), flush=True)
 
