@@ -1,7 +1,7 @@
 """CLLM4Rec's finetuning objective with the language model taken out: what the ID embeddings alone learn.
 
     python scripts/id_surrogate.py --dataset=amazon-beauty --learning_rate=2e-3 --epochs=10 [--no_user_token] \
-        [--users=0] [--label=NAME] [--output=FILE.md] [--key=value ...]
+        [--final_norm] [--bucketed] [--users=0] [--label=NAME] [--output=FILE.md] [--key=value ...]
 
 The user's state is the mean of the ID embeddings in the finetuning prompt (the user token and the visible
 items), the item logits are that state times a learned per-dimension scale dotted with the item embeddings
@@ -11,6 +11,10 @@ with Adam. With no frozen transformer it runs an epoch in about a minute on one 
 how the training settings alone (learning rate, epochs, user token) shape validation, which a cpu-profile run
 needs an hour for. After each epoch it prints Recall@20 / NDCG@100 on validation users (RecBole's full-ranking
 definitions, training items masked; ``--users=0``: all of them). Diagnostic figures, not table rows.
+
+``--final_norm`` passes every prompt position through the backbone's final RMSNorm before the mean (the model's
+state with ``llm_num_layers: 0`` and the normed readout); ``--bucketed`` trains on the trainer's length-bucketed
+batches. The masks of an epoch are drawn for all users before its batches (as the trainer does).
 """
 
 import argparse
