@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probe import append_table, recall_ndcg, validation_subset  # noqa: E402
 
+from recbole_cllm4rec.backbone import take_final_norm  # noqa: E402
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
 from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
 
@@ -54,20 +55,18 @@ class IDSurrogate(nn.Module):
 
     def states(self, users, visible_items):
         lengths = torch.tensor([len(items) for items in visible_items])
-        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
         flat = torch.as_tensor(np.concatenate(visible_items), dtype=torch.long)
-        if self.final_norm is None:
-            total = F.embedding_bag(flat, self.item_embedding, offsets, mode="sum")
-        else:
-            segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-            total = torch.zeros(len(lengths), self.item_embedding.shape[1]).index_add_(
-                0, segments, self.final_norm(self.item_embedding[flat]))
+        segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        total = torch.zeros(len(lengths), self.item_embedding.shape[1]).index_add_(
+            0, segments, self.position_states(self.item_embedding[flat]))
         count = lengths.float()
         if self.user_token:
-            user_rows = self.user_embedding[torch.as_tensor(users, dtype=torch.long)]
-            total = total + (user_rows if self.final_norm is None else self.final_norm(user_rows))
+            total = total + self.position_states(self.user_embedding[torch.as_tensor(users, dtype=torch.long)])
             count = count + 1
         return total / count.clamp(min=1).unsqueeze(1)
+
+    def position_states(self, embeddings):
+        return embeddings if self.final_norm is None else self.final_norm(embeddings)
 
     def item_logits(self, states):
         logits = (states * self.logit_scale) @ self.item_embedding.T
@@ -136,7 +135,9 @@ def main(argv=None):
     corpus = backbone_model.corpus
     init_std = float(backbone_model.vocab_head.weight.std())  # CLLM4Rec's own start: the token embeddings' std
     hidden_size = backbone_model.vocab_head.weight.shape[1]
-    final_norm = backbone_model.backbone.base_model.norm.requires_grad_(False) if arguments.final_norm else None
+    final_norm = None  # frozen; a residual-readout config has already taken it out of the backbone
+    if arguments.final_norm:
+        final_norm = backbone_model.final_norm or take_final_norm(backbone_model.backbone)
     n_users, n_items = backbone_model.n_users, backbone_model.n_items
     del backbone_model
     model = IDSurrogate(corpus, n_users, n_items, hidden_size, init_std, config["item_logit_scale"] or 1.0,
