@@ -175,7 +175,12 @@ class CLLM4RecTrainer(Trainer):
         self.logger.info(
             set_color(f"{stage} {kind} pass {index}", "green")
             + f" [{time() - started:.1f}s]: language loss {losses[0]:.4f}, mutual regularisation {losses[1]:.4f}"
+            + self._layer_mix_note()
         )
+
+    def _layer_mix_note(self):
+        weights = self.model.layer_mix_weights()
+        return "" if weights is None else ", layer mix " + " ".join(f"{weight:.3f}" for weight in weights.tolist())
 
     def _optimizer(self, learning_rate):
         return id_table_adam(self.model, learning_rate, self.weight_decay)

@@ -1,5 +1,7 @@
 """CLLM4Rec with tiny random backbones on a tiny planted dataset."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -206,6 +208,28 @@ def test_residual_item_head_input_skips_the_final_norm_on_the_collaborative_side
     assert not any(parameter.requires_grad for parameter in model.final_norm.parameters())
     trainer = CLLM4RecTrainer(config, model)
     trainer.fit(train_data, valid_data)
+    assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
+
+
+def test_layer_mix_reads_a_learned_mix_of_the_residual_stream_at_every_depth(data_root, tmp_path, tiny_llama, caplog):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path, tiny_llama,
+                                                             item_head_input="layer_mix", epochs=1)
+    depths = model.backbone.config.num_hidden_layers + 1
+    assert depths >= 3 and model.layer_mix.shape == (depths,)
+    torch.testing.assert_close(model.layer_mix_weights(), torch.full((depths,), 1 / depths))
+    tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:2])
+    truncated = [build(data_root, tmp_path, tiny_llama, item_head_input="residual", llm_num_layers=layers)[1]
+                 for layers in range(depths)]
+    streams = [shallow.hidden_states(tokens, attention_mask, "collaborative") for shallow in truncated]
+    torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "collaborative"), sum(streams) / depths)
+    torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "content"),
+                               truncated[-1].hidden_states(tokens, attention_mask, "content"))
+    assert "layer_mix" in model.state_dict()
+    trainer = CLLM4RecTrainer(config, model)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(train_data, valid_data)
+    assert "layer mix" in caplog.text
+    assert not torch.allclose(model.layer_mix_weights(), torch.full((depths,), 1 / depths))  # it trains
     assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
 
 

@@ -74,8 +74,10 @@ class CLLM4Rec(GeneralRecommender):
         if self.user_state not in ("last", "mean", "history_mean"):
             raise ValueError(f"user_state must be 'last', 'mean' or 'history_mean', got {self.user_state!r}")
         self.item_head_input = config["item_head_input"]
-        if self.item_head_input not in ("normed", "residual"):
-            raise ValueError(f"item_head_input must be 'normed' or 'residual', got {self.item_head_input!r}")
+        if self.item_head_input not in ("normed", "residual", "layer_mix"):
+            raise ValueError(
+                f"item_head_input must be 'normed', 'residual' or 'layer_mix', got {self.item_head_input!r}"
+            )
         if self.finetune_target not in ("held_out", "all"):
             raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
@@ -90,7 +92,14 @@ class CLLM4Rec(GeneralRecommender):
         # ``item_head_input: residual``: the collaborative side (item head) reads the last block's output, the
         # residual stream, before the backbone's final norm. That norm is then taken out of the backbone and
         # applied here to the content side only, whose frozen vocabulary head was trained on normed states.
-        self.final_norm = take_final_norm(self.backbone) if self.item_head_input == "residual" else None
+        # ``layer_mix``: the item head reads a learned softmax-weighted sum of the residual stream at every depth,
+        # the soft tokens as they enter (depth 0) and each block's output, as ELMo reads a frozen LM; the
+        # weights start equal and train with the ID tables.
+        self.final_norm = take_final_norm(self.backbone) if self.item_head_input != "normed" else None
+        self.layer_mix = (
+            nn.Parameter(torch.zeros(self.backbone.config.num_hidden_layers + 1))
+            if self.item_head_input == "layer_mix" else None
+        )
         word_embeddings = self.backbone.get_input_embeddings()
         self.vocab_size, hidden_size = word_embeddings.weight.shape
         if self.vocab_size < len(self.tokenizer):
@@ -223,18 +232,29 @@ class CLLM4Rec(GeneralRecommender):
         embeddings = embeddings.masked_scatter(is_user.unsqueeze(-1), users)
         return embeddings.masked_scatter(is_item.unsqueeze(-1), items)
 
+    def layer_mix_weights(self):
+        """The ``layer_mix`` weights over depths 0 (the soft tokens as they enter) to the last block, or None."""
+        return None if self.layer_mix is None else torch.softmax(self.layer_mix.detach().float(), 0)
+
     def hidden_states(self, tokens, attention_mask, side):
         """Last-layer hidden states [B, L, H] of the frozen backbone: after its final norm, except on the
-        collaborative side with ``item_head_input: residual`` (the last block's output)."""
+        collaborative side with ``item_head_input: residual`` (the last block's output) or ``layer_mix`` (the
+        learned mix of the residual stream at every depth)."""
         # A batch without padding (length bucketing makes many) runs with no mask: the backbone then takes
         # its plain causal-attention path instead of building and applying a padding mask.
         mask = None if bool(attention_mask.all()) else attention_mask.long()
         embeddings = self._embed(tokens, side)
         if self.training and self.llm_dropout:  # GPT-2's embd_pdrop; the blocks' branches drop in their hooks
             embeddings = F.dropout(embeddings, self.llm_dropout, training=True)
+        mix = self.layer_mix is not None and side == "collaborative"
         with self._autocast():
-            hidden = self.backbone.base_model(inputs_embeds=embeddings, attention_mask=mask, use_cache=False)
-            hidden = hidden.last_hidden_state
+            output = self.backbone.base_model(
+                inputs_embeds=embeddings, attention_mask=mask, use_cache=False, output_hidden_states=mix
+            )
+            if mix:
+                weights = torch.softmax(self.layer_mix, 0)
+                return sum(weight * depth for weight, depth in zip(weights, output.hidden_states))
+            hidden = output.last_hidden_state
             if self.final_norm is not None and side == "content":
                 hidden = self.final_norm(hidden)
         return hidden
