@@ -225,7 +225,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "git_commit": commit,
         "wall_time_s": round(time() - started, 3),
         "peak_memory_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "machine": machine_description(config),
+        "machine": {**machine_description(config), "precision": getattr(recommender, "mixed_precision", "none")},
         "environment": get_environment(config).draw(),  # samples CPU use for 1 s: call once
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -280,6 +280,7 @@ def machine_description(config):
 
     return {
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -287,6 +288,19 @@ def machine_description(config):
         "device": str(config["device"]),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): CLLM4Rec's ``mixed_precision:
+    auto`` turns bf16 on where the CPU has bf16 units, so the same config computes differently on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 # ----- records and tables ----------------------------------------------------------------------------------
@@ -405,10 +419,12 @@ def rebuild_tables(dataset, results_dir, properties_dir):
 
 def machine_label(record):
     machine = record.get("machine", {})
-    if machine.get("gpu"):
-        return machine["gpu"]
     threads = machine.get("torch_threads")
-    return f"CPU, {threads} thread{'s' if threads != 1 else ''}" if threads else "CPU"
+    if machine.get("gpu"):
+        label = machine["gpu"]
+    else:
+        label = f"CPU, {threads} thread{'s' if threads != 1 else ''}" if threads else "CPU"
+    return label + (", bf16" if machine.get("precision") == "bf16" else "")
 
 
 def format_metric(value, best=None):

@@ -43,6 +43,7 @@ def test_two_baselines_end_to_end(data_root, properties, tmp_path):
         assert set(record["test"]) >= {"recall@20", "ndcg@10", "hit@5", "mrr@10", "precision@20"}
         assert record["seed"] == 2020 and record["config"]["eval_args"]["order"] == "RO"
         assert record["wall_time_s"] > 0 and record["peak_memory_gib"] > 0 and record["machine"]["cpu_count"]
+        assert record["machine"]["precision"] == "none"  # baselines run fp32; CLLM4Rec records its resolved setting
         assert "git_commit" in record and record["valid_metric"] == "ndcg@10"
     table = (results / "tiny.md").read_text()
     assert "**Protocol**" in table.split("|")[0] and "| Pop |" in table and "| BPR |" in table
@@ -50,6 +51,13 @@ def test_two_baselines_end_to_end(data_root, properties, tmp_path):
     assert rows[0][0] == "model" and {row[0] for row in rows[1:]} == {"Pop", "BPR"}
     assert (results / "tiny.png").read_bytes()[:4] == b"\x89PNG"
     assert pop["test"] == run_tiny("Pop", data_root, properties, tmp_path, write=False)["test"]  # reproducible
+
+
+def test_machine_label_names_bf16_runs():
+    cpu = {"machine": {"torch_threads": 1, "precision": "bf16"}}
+    assert benchmark.machine_label(cpu) == "CPU, 1 thread, bf16"
+    assert benchmark.machine_label({"machine": {"torch_threads": 2, "precision": "none"}}) == "CPU, 2 threads"
+    assert benchmark.machine_label({"machine": {"gpu": "NVIDIA H100", "precision": "bf16"}}) == "NVIDIA H100, bf16"
 
 
 def test_sequential_model_uses_the_same_split(data_root, properties, tmp_path):
