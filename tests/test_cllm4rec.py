@@ -233,6 +233,19 @@ def test_layer_mix_reads_a_learned_mix_of_the_residual_stream_at_every_depth(dat
     assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
 
 
+def test_layer_mix_init_sets_the_starting_weights(data_root, tmp_path, tiny_llama):
+    _, model, *_ = build(data_root, tmp_path, tiny_llama, item_head_input="layer_mix", layer_mix_init=0.9)
+    weights = model.layer_mix_weights()
+    blocks = len(weights) - 1
+    torch.testing.assert_close(weights, torch.tensor([0.9] + [0.1 / blocks] * blocks))
+    logits = [2.0] + [0.0] * blocks
+    _, listed, *_ = build(data_root, tmp_path, tiny_llama, item_head_input="layer_mix", layer_mix_init=logits)
+    torch.testing.assert_close(listed.layer_mix_weights(), torch.softmax(torch.tensor(logits), 0))
+    for bad in (1.5, 0, [1.0, 2.0] * (blocks + 3), "input"):
+        with pytest.raises(ValueError, match="layer_mix_init"):
+            build(data_root, tmp_path, tiny_llama, item_head_input="layer_mix", layer_mix_init=bad)
+
+
 def test_soft_token_scale_multiplies_only_the_id_embeddings(data_root, tmp_path, tiny_llama):
     _, plain, *_ = build(data_root, tmp_path, tiny_llama)
     _, scaled, *_ = build(data_root, tmp_path, tiny_llama, soft_token_scale=3.0)

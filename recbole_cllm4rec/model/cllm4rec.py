@@ -97,7 +97,7 @@ class CLLM4Rec(GeneralRecommender):
         # weights start equal and train with the ID tables.
         self.final_norm = take_final_norm(self.backbone) if self.item_head_input != "normed" else None
         self.layer_mix = (
-            nn.Parameter(torch.zeros(self.backbone.config.num_hidden_layers + 1))
+            nn.Parameter(self._layer_mix_start(config["layer_mix_init"], self.backbone.config.num_hidden_layers + 1))
             if self.item_head_input == "layer_mix" else None
         )
         word_embeddings = self.backbone.get_input_embeddings()
@@ -140,6 +140,25 @@ class CLLM4Rec(GeneralRecommender):
         self._initialise_id_embeddings(word_embeddings.weight.detach())
 
     # ----- parameters ---------------------------------------------------------------------------
+    @staticmethod
+    def _layer_mix_start(init, depths):
+        """The ``layer_mix`` logits to start from: ``~`` equal weights; a list of one logit per depth (0: the
+        soft tokens as they enter, then each block's output); or a number ``w``, the weight depth 0 starts with,
+        the rest shared equally by the blocks' outputs."""
+        if init is None:
+            return torch.zeros(depths)
+        if isinstance(init, (int, float)) and not isinstance(init, bool):
+            if not 0 < init < 1 or depths < 2:
+                raise ValueError(f"layer_mix_init as a number is depth 0's starting weight, in (0, 1) with at least "
+                                 f"one block; got {init!r} with {depths - 1} blocks")
+            logits = torch.zeros(depths)
+            logits[0] = float(np.log(init * (depths - 1) / (1 - init)))
+            return logits
+        if isinstance(init, (list, tuple)) and len(init) == depths:
+            return torch.tensor([float(logit) for logit in init])
+        raise ValueError(f"layer_mix_init must be ~, depth 0's starting weight in (0, 1), or a list of {depths} "
+                         f"logits (depth 0 and each of the {depths - 1} blocks); got {init!r}")
+
     def id_tables(self):
         """The four ID embedding tables: collaborative and content, user and item."""
         return (self.collaborative_user_embedding, self.collaborative_item_embedding,
