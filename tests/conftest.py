@@ -73,6 +73,9 @@ def cllm4rec_config(data_root, tmp_path, llm_path, **overrides):
         "eval_batch_tokens": 512,
         "content_max_tokens": 12,
         "finetune_content_passes": False,
+        # fp32 everywhere: ``auto`` turns bf16 autocast on where the CPU has AMX/AVX512-BF16, and the tests
+        # compare scores exactly (test_backbone checks how auto resolves)
+        "mixed_precision": "none",
     })
     config.update(overrides)
     return config
