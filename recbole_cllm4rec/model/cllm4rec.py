@@ -94,7 +94,7 @@ class CLLM4Rec(GeneralRecommender):
         # applied here to the content side only, whose frozen vocabulary head was trained on normed states.
         # ``layer_mix``: the item head reads a learned softmax-weighted sum of the residual stream at every depth,
         # the soft tokens as they enter (depth 0) and each block's output, as ELMo reads a frozen LM; the
-        # weights start equal and train with the ID tables.
+        # weights start where ``layer_mix_init`` says (equal by default) and train with the ID tables.
         self.final_norm = take_final_norm(self.backbone) if self.item_head_input != "normed" else None
         self.layer_mix = (
             nn.Parameter(self._layer_mix_start(config["layer_mix_init"], self.backbone.config.num_hidden_layers + 1))
