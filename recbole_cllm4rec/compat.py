@@ -17,6 +17,11 @@ D. torch >= 2.6 loads with ``weights_only=True`` but RecBole checkpoints pickle 
       ``Trainer.evaluate`` and ``load_data_and_model`` are wrapped so that *during those calls only*
       ``torch.load`` defaults to ``weights_only=False``. They only read checkpoints RecBole itself wrote.
 
+G. ``ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``: two processes of one multi-process
+   run (or two runs sharing a ``checkpoint_dir``) can both see the folder missing, and the slower one dies
+   with ``FileExistsError`` (seen in CI: the two-process gloo test, about one run in several).
+   -> ``ensure_dir`` is replaced, in every module that imported it, by ``os.makedirs(exist_ok=True)``.
+
 ``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
 an upgrade): a clear error is better than RecBole's crash or, for pandas 3, silently wrong metrics.
 
@@ -214,6 +219,21 @@ def _patch_cpu_distributed():
     trainer_module.DistributedDataParallel = distributed_data_parallel
 
 
+def ensure_dir(dir_path):
+    os.makedirs(dir_path, exist_ok=True)
+
+
+ENSURE_DIR_IMPORTERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logger", "recbole.data.utils",
+                        "recbole.data.dataset.dataset", "recbole.trainer.trainer")
+
+
+def _patch_ensure_dir():
+    for name in ENSURE_DIR_IMPORTERS:
+        module = importlib.import_module(name)
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = ensure_dir
+
+
 def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
     """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
     name = model_class.__name__
@@ -233,4 +253,5 @@ def apply():
     _patch_get_flops()
     _patch_config_defaults()
     _patch_cpu_distributed()
+    _patch_ensure_dir()
     _applied = True

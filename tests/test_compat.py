@@ -1,6 +1,7 @@
-"""Each RecBole 1.2.1 crash cause (A-F of the compatibility note) is handled; each test fails without its fix."""
+"""Each RecBole 1.2.1 crash cause (A-G of the compatibility note and of compat.py) is handled; each test fails without its fix."""
 
 import importlib.metadata
+import os
 
 import numpy as np
 import pytest
@@ -75,3 +76,12 @@ def test_cause_f_float_features_are_filled(data_root, tmp_path):
         data_root, tmp_path, load_col={"inter": ["user_id", "item_id", "rating"]}))
     dataset = create_dataset(config)
     assert not dataset.inter_feat["rating"].isna().any()  # still a DataFrame before build()
+
+
+def test_cause_g_ensure_dir_survives_a_folder_made_by_another_process(monkeypatch, tmp_path):
+    """Every module RecBole's trainer, data and logger code calls ``ensure_dir`` from: the folder appears
+    between the existence check and the creation (another process of the run made it)."""
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    for name in compat.ENSURE_DIR_IMPORTERS:
+        importlib.import_module(name).ensure_dir(os.fspath(tmp_path))
+    assert tmp_path.is_dir()
