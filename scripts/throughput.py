@@ -12,7 +12,15 @@ length-bucketed batches the trainer would use, and measures:
 - raw LM: the frozen backbone as the causal LM it is, trained the way Hugging Face trains it: body, its own
   vocabulary head and its own next-token loss on every position, forward + backward to the input embeddings,
   same shapes. This is the backbone's own limit for a language-modelling step, the reference for the
-  content step, whose work is exactly that (its main text's tokens through the vocabulary head).
+  content step, whose work is exactly that (its main text's tokens through the vocabulary head);
+- raw step: the least work the step itself needs, written the plain way: the raw body forward + backward
+  on the same shapes, then the step's own head as one matrix product on exactly the positions the plugin
+  scores, with its cross-entropy, backward through the head (into its weight where the plugin trains it:
+  the item table) and the body. Collaborative: the n_items-way item head on every main-text position;
+  content: the frozen vocabulary head on every main-text position; recommendation: the item head on one
+  state per prompt. Whatever the plugin adds on top (padding, ID-embedding assembly, gathers, the layer
+  mix, the regulariser, Adam, repeated work) shows as a ratio below 1. With few layers the item head costs
+  as much as the body, so the ratio to the bare body is capped by arithmetic, not by overhead.
 The plugin's figure includes everything the raw body leaves out (ID-embedding assembly, its output heads,
 the loss, the optimizer), so a ratio near 1 means nearly all the time goes to the backbone itself.
 The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
@@ -31,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
-from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
+from recbole_cllm4rec.corpus import bucket_batches, pad_documents  # noqa: E402
 from recbole_cllm4rec.trainer import id_table_adam  # noqa: E402
 
 
@@ -68,12 +76,46 @@ def raw_backbone_rate(model, shapes, repeats=1, warm_up=False, with_lm_head=Fals
     return total_tokens / elapsed
 
 
+def raw_step_rate(model, kind, target_masks, warm_up=False):
+    """Tokens per second of the plain body + head step on dense batches whose [B, L] shapes and scored
+    positions are ``target_masks`` (recommendation: one state per row, the last position)."""
+    backbone = model.backbone
+    hidden_size = backbone.get_input_embeddings().weight.shape[1]
+    if kind == "content":
+        head = backbone.get_output_embeddings().weight.detach()
+    else:
+        head = (torch.randn(model.n_items, hidden_size, device=model.device) * 0.02).requires_grad_(True)
+    total_tokens, elapsed = 0, 0.0
+    for target_mask in target_masks:
+        batch_size, length = target_mask.shape
+        if kind == "recommendation":
+            target_mask = torch.zeros_like(target_mask)
+            target_mask[:, -1] = True
+        target_mask = target_mask.to(model.device)
+        inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
+        labels = torch.randint(head.shape[0], (int(target_mask.sum()),), device=model.device)
+        for repeat in range(1 + int(warm_up)):
+            synchronize(model.device)
+            started = perf_counter()
+            with model._autocast():
+                hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
+                logits = hidden[target_mask] @ head.t()
+            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+            synchronize(model.device)
+            if warm_up and repeat == 0:
+                continue
+            elapsed += perf_counter() - started
+            total_tokens += batch_size * length
+    return total_tokens / elapsed
+
+
 def plugin_rate(model, kind, documents, batches, held_out=None):
     optimizer = id_table_adam(model, 1e-4)  # the trainer's optimizer
     model.train()
-    real_tokens, elapsed, shapes = 0, 0.0, []
+    real_tokens, elapsed, shapes, target_masks = 0, 0.0, [], []
     for batch in batches:
         chosen = [documents[k] for k in batch]
+        target_masks.append(pad_documents(chosen)[2])
         targets = [held_out[k] for k in batch] if kind == "recommendation" else None
         synchronize(model.device)
         started = perf_counter()
@@ -87,7 +129,7 @@ def plugin_rate(model, kind, documents, batches, held_out=None):
         lengths = [len(document.tokens) for document in chosen]
         real_tokens += sum(lengths)
         shapes.append((len(chosen), max(lengths)))
-    return real_tokens / elapsed, shapes, real_tokens / sum(b * l for b, l in shapes)
+    return real_tokens / elapsed, shapes, target_masks, real_tokens / sum(b * l for b, l in shapes)
 
 
 def schedule_tokens(model, config):
@@ -138,12 +180,14 @@ def main(argv=None):
         # CPU one batch (a second pass over every batch would double a measurement of minutes).
         on_gpu = model.device.type == "cuda"
         plugin_rate(model, kind, documents, batches if on_gpu else batches[:1], targets)
-        rate, shapes, density = plugin_rate(model, kind, documents, batches, targets)
+        rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets)
         raw = raw_backbone_rate(model, shapes, warm_up=on_gpu)
         raw_lm = raw_backbone_rate(model, shapes, warm_up=on_gpu, with_lm_head=True)
-        rows.append((kind, rate, raw, raw_lm, density))
+        raw_step = raw_step_rate(model, kind, target_masks, warm_up=on_gpu)
+        rows.append((kind, rate, raw, raw_lm, raw_step, density))
         print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {rate / raw:.2f}), "
-              f"raw LM {raw_lm:8.0f} tok/s (ratio {rate / raw_lm:.2f}), real/padded {density:.3f}", flush=True)
+              f"raw LM {raw_lm:8.0f} tok/s (ratio {rate / raw_lm:.2f}), raw step {raw_step:8.0f} tok/s "
+              f"(ratio {rate / raw_step:.2f}), real/padded {density:.3f}", flush=True)
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
@@ -166,10 +210,12 @@ def main(argv=None):
                  f"mixed precision {model.mixed_precision}, {torch.get_num_threads()} threads, "
                  f"{torch.cuda.get_device_name(model.device) if model.device.type == 'cuda' else 'CPU'}, "
                  f"train_batch_tokens {budget}", "", f"Command: `{command}`", "",
-                 "| step | plugin real tok/s | raw body tok/s | ratio to body | raw LM tok/s | ratio to LM | real / padded tokens |",
-                 "|---|---|---|---|---|---|---|"]
-        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {rate / raw:.2f} | {raw_lm:.0f} | {rate / raw_lm:.2f} | {density:.3f} |"
-                  for kind, rate, raw, raw_lm, density in rows]
+                 "| step | plugin real tok/s | raw body tok/s | ratio to body | raw LM tok/s | ratio to LM "
+                 "| raw step tok/s | ratio to raw step | real / padded tokens |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {rate / raw:.2f} | {raw_lm:.0f} | {rate / raw_lm:.2f} "
+                  f"| {raw_step:.0f} | {rate / raw_step:.2f} | {density:.3f} |"
+                  for kind, rate, raw, raw_lm, raw_step, density in rows]
         lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
                   f"Peak memory (max RSS): {peak}.", "",
                   "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())

@@ -1,4 +1,4 @@
-"""scripts/throughput.py's measurements run on a tiny backbone: both raw references and the plugin's step."""
+"""scripts/throughput.py's measurements run on a tiny backbone: the three raw references and the plugin's step."""
 
 import importlib.util
 from pathlib import Path
@@ -18,8 +18,11 @@ def test_raw_references_and_plugin_step_measure_real_tokens(data_root, tmp_path,
     _, model, *_ = build(data_root, tmp_path, tiny_llama)
     documents = model.corpus.collaborative_documents()
     batches = bucket_batches([len(document.tokens) for document in documents], 64, torch.Generator().manual_seed(0))
-    rate, shapes, density = throughput.plugin_rate(model, "collaborative", documents, batches[:2])
+    rate, shapes, target_masks, density = throughput.plugin_rate(model, "collaborative", documents, batches[:2])
     assert rate > 0 and 0 < density <= 1 and len(shapes) == 2
+    assert [tuple(mask.shape) for mask in target_masks] == shapes and all(mask.any() for mask in target_masks)
+    for kind in ("collaborative", "content", "recommendation"):
+        assert throughput.raw_step_rate(model, kind, target_masks) > 0
     assert throughput.raw_backbone_rate(model, shapes) > 0
     embeddings = model.backbone.get_input_embeddings().weight
     assert throughput.raw_backbone_rate(model, shapes, with_lm_head=True) > 0
