@@ -29,6 +29,7 @@ on a GPU also the device's peak allocation. On a GPU every timing waits for the 
 """
 
 import argparse
+import functools
 import resource
 import sys
 from pathlib import Path
@@ -48,65 +49,77 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def raw_backbone_rate(model, shapes, repeats=1, warm_up=False, with_lm_head=False):
-    """Tokens per second of forward+backward through the frozen transformer on dense batches (with
-    ``with_lm_head``: the whole causal LM with its own head and next-token loss on random labels); with
-    ``warm_up`` each shape runs once untimed first (a GPU picks kernels per new shape)."""
-    backbone = model.backbone
-    hidden_size = backbone.get_input_embeddings().weight.shape[1]
-    vocab_size = backbone.get_output_embeddings().weight.shape[0]
+def tokens_per_second(model, steps, warm_up=False):
+    """``steps``: (tokens, run) pairs, ``run()`` one forward + backward; with ``warm_up`` each runs once
+    untimed first (a GPU picks kernels per new shape)."""
     total_tokens, elapsed = 0, 0.0
-    for batch_size, length in shapes:
-        inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
-        labels = torch.randint(vocab_size, (batch_size, length), device=model.device)
-        for repeat in range(repeats + int(warm_up)):
+    for tokens, run in steps:
+        for repeat in range(1 + int(warm_up)):
             synchronize(model.device)
             started = perf_counter()
-            with model._autocast():
-                if with_lm_head:
-                    loss = backbone(inputs_embeds=inputs, labels=labels, use_cache=False).loss
-                else:
-                    loss = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state.float().square().mean()
-            loss.backward()
+            run()
             synchronize(model.device)
             if warm_up and repeat == 0:
                 continue
             elapsed += perf_counter() - started
-            total_tokens += batch_size * length
+            total_tokens += tokens
     return total_tokens / elapsed
+
+
+def random_inputs(model, batch_size, length):
+    hidden_size = model.backbone.get_input_embeddings().weight.shape[1]
+    return (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
+
+
+def raw_backbone_rate(model, shapes, warm_up=False, with_lm_head=False):
+    """Tokens per second of forward+backward through the frozen transformer on dense batches (with
+    ``with_lm_head``: the whole causal LM with its own head and next-token loss on random labels)."""
+    backbone = model.backbone
+    vocab_size = backbone.get_output_embeddings().weight.shape[0]
+
+    def step(inputs, labels):
+        with model._autocast():
+            if with_lm_head:
+                loss = backbone(inputs_embeds=inputs, labels=labels, use_cache=False).loss
+            else:
+                hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
+                loss = hidden.float().square().mean()
+        loss.backward()
+
+    steps = []
+    for batch_size, length in shapes:
+        inputs = random_inputs(model, batch_size, length)
+        labels = torch.randint(vocab_size, (batch_size, length), device=model.device)
+        steps.append((batch_size * length, functools.partial(step, inputs, labels)))
+    return tokens_per_second(model, steps, warm_up)
 
 
 def raw_step_rate(model, kind, target_masks, warm_up=False):
     """Tokens per second of the plain body + head step on dense batches whose [B, L] shapes and scored
     positions are ``target_masks`` (recommendation: one state per row, the last position)."""
     backbone = model.backbone
-    hidden_size = backbone.get_input_embeddings().weight.shape[1]
     if kind == "content":
         head = backbone.get_output_embeddings().weight.detach()
     else:
+        hidden_size = backbone.get_input_embeddings().weight.shape[1]
         head = (torch.randn(model.n_items, hidden_size, device=model.device) * 0.02).requires_grad_(True)
-    total_tokens, elapsed = 0, 0.0
+
+    def step(inputs, target_mask, labels):
+        with model._autocast():
+            hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
+            logits = hidden[target_mask] @ head.t()
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+
+    steps = []
     for target_mask in target_masks:
-        batch_size, length = target_mask.shape
         if kind == "recommendation":
             target_mask = torch.zeros_like(target_mask)
             target_mask[:, -1] = True
         target_mask = target_mask.to(model.device)
-        inputs = (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
         labels = torch.randint(head.shape[0], (int(target_mask.sum()),), device=model.device)
-        for repeat in range(1 + int(warm_up)):
-            synchronize(model.device)
-            started = perf_counter()
-            with model._autocast():
-                hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
-                logits = hidden[target_mask] @ head.t()
-            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
-            synchronize(model.device)
-            if warm_up and repeat == 0:
-                continue
-            elapsed += perf_counter() - started
-            total_tokens += batch_size * length
-    return total_tokens / elapsed
+        inputs = random_inputs(model, *target_mask.shape)
+        steps.append((target_mask.numel(), functools.partial(step, inputs, target_mask, labels)))
+    return tokens_per_second(model, steps, warm_up)
 
 
 def plugin_rate(model, kind, documents, batches, held_out=None):
