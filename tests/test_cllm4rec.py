@@ -244,6 +244,11 @@ def test_layer_mix_init_sets_the_starting_weights(data_root, tmp_path, tiny_llam
     for bad in (1.5, 0, [1.0, 2.0] * (blocks + 3), "input"):
         with pytest.raises(ValueError, match="layer_mix_init"):
             build(data_root, tmp_path, tiny_llama, item_head_input="layer_mix", layer_mix_init=bad)
+    _, blockless, *_ = build(data_root, tmp_path, tiny_llama, item_head_input="layer_mix", layer_mix_init=0.9,
+                             llm_num_layers=0)  # the no-transformer ablation of a profile that sets a start weight
+    torch.testing.assert_close(blockless.layer_mix_weights(), torch.ones(1))
+    documents = blockless.corpus.collaborative_documents()[:4]
+    assert torch.isfinite(blockless.document_loss("collaborative", documents)[0])
 
 
 def test_soft_token_scale_multiplies_only_the_id_embeddings(data_root, tmp_path, tiny_llama):

@@ -144,14 +144,16 @@ class CLLM4Rec(GeneralRecommender):
     def _layer_mix_start(init, depths):
         """The ``layer_mix`` logits to start from: ``~`` equal weights; a list of one logit per depth (0: the
         soft tokens as they enter, then each block's output); or a number ``w``, the weight depth 0 starts with,
-        the rest shared equally by the blocks' outputs."""
+        the rest shared equally by the blocks' outputs. Without blocks (``llm_num_layers: 0``, the
+        no-transformer control) depth 0 is the only depth and has weight 1 whatever ``w`` is."""
         if init is None:
             return torch.zeros(depths)
         if isinstance(init, (int, float)) and not isinstance(init, bool):
-            if not 0 < init < 1 or depths < 2:
-                raise ValueError(f"layer_mix_init as a number is depth 0's starting weight, in (0, 1) with at least "
-                                 f"one block; got {init!r} with {depths - 1} blocks")
+            if not 0 < init < 1:
+                raise ValueError(f"layer_mix_init as a number is depth 0's starting weight, in (0, 1); got {init!r}")
             logits = torch.zeros(depths)
+            if depths == 1:
+                return logits
             logits[0] = float(np.log(init * (depths - 1) / (1 - init)))
             return logits
         if isinstance(init, (list, tuple)) and len(init) == depths:
@@ -272,7 +274,9 @@ class CLLM4Rec(GeneralRecommender):
             )
             if mix:
                 weights = torch.softmax(self.layer_mix, 0)
-                return sum(weight * depth for weight, depth in zip(weights, output.hidden_states))
+                # Without blocks, transformers returns no hidden states: the one depth is the input itself.
+                depths = output.hidden_states or (output.last_hidden_state,)
+                return sum(weight * depth for weight, depth in zip(weights, depths, strict=True))
             hidden = output.last_hidden_state
             if self.final_norm is not None and side == "content":
                 hidden = self.final_norm(hidden)
