@@ -24,7 +24,11 @@ length-bucketed batches the trainer would use, and measures:
 The plugin's figure includes everything the raw body leaves out (ID-embedding assembly, its output heads,
 the loss, the optimizer), so a ratio near 1 means nearly all the time goes to the backbone itself.
 The ratio plugin/raw is the share of the hardware limit the plugin reaches. Scoring is measured in
-users per second of ``full_sort_predict``. Peak memory is the process's maximum resident set size, and
+users per second of ``full_sort_predict``. Every figure is steady state: each batch shape runs once untimed
+before it is timed, on a GPU (kernel choice per new shape) and on a CPU (first-touch allocation of buffers of
+a new size), and the plugin's timed steps use the optimizer its warm-up steps created, as the trainer keeps one
+optimizer per stage (a fresh Adam allocates and zeroes its moments, 2 x 20 M floats for the cpu profile's
+tables, on its first step). Peak memory is the process's maximum resident set size, and
 on a GPU also the device's peak allocation. On a GPU every timing waits for the device to finish.
 """
 
@@ -122,8 +126,8 @@ def raw_step_rate(model, kind, target_masks, warm_up=False):
     return tokens_per_second(model, steps, warm_up)
 
 
-def plugin_rate(model, kind, documents, batches, held_out=None):
-    optimizer = id_table_adam(model, 1e-4)  # the trainer's optimizer
+def plugin_rate(model, kind, documents, batches, held_out=None, optimizer=None):
+    optimizer = optimizer or id_table_adam(model, 1e-4)  # the trainer's optimizer
     model.train()
     real_tokens, elapsed, shapes, target_masks = 0, 0.0, [], []
     for batch in batches:
@@ -189,14 +193,12 @@ def main(argv=None):
     kinds.append(("recommendation", documents, held_out))
     for kind, documents, targets in kinds:
         batches = bucket_batches([len(d.tokens) for d in documents], budget, generator)[: arguments.batches]
-        # Warm-up: on a GPU every batch shape once (kernel choice per new shape is not throughput), on a
-        # CPU one batch (a second pass over every batch would double a measurement of minutes).
-        on_gpu = model.device.type == "cuda"
-        plugin_rate(model, kind, documents, batches if on_gpu else batches[:1], targets)
-        rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets)
-        raw = raw_backbone_rate(model, shapes, warm_up=on_gpu)
-        raw_lm = raw_backbone_rate(model, shapes, warm_up=on_gpu, with_lm_head=True)
-        raw_step = raw_step_rate(model, kind, target_masks, warm_up=on_gpu)
+        optimizer = id_table_adam(model, 1e-4)
+        plugin_rate(model, kind, documents, batches, targets, optimizer)  # warm-up: every shape, Adam's moments
+        rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets, optimizer)
+        raw = raw_backbone_rate(model, shapes, warm_up=True)
+        raw_lm = raw_backbone_rate(model, shapes, warm_up=True, with_lm_head=True)
+        raw_step = raw_step_rate(model, kind, target_masks, warm_up=True)
         rows.append((kind, rate, raw, raw_lm, raw_step, density))
         print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {rate / raw:.2f}), "
               f"raw LM {raw_lm:8.0f} tok/s (ratio {rate / raw_lm:.2f}), raw step {raw_step:8.0f} tok/s "
@@ -204,8 +206,7 @@ def main(argv=None):
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
-    if model.device.type == "cuda":  # warm-up, as above
-        model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users[:256], device=model.device)})
+    model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users[:256], device=model.device)})  # warm-up
     synchronize(model.device)
     started = perf_counter()
     model.full_sort_predict({model.USER_ID: torch.tensor(scoring_users, device=model.device)})
