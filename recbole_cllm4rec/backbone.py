@@ -123,6 +123,22 @@ def find_decoder_layers(model):
     raise ValueError(f"Cannot find the {expected} decoder layers of {type(model).__name__}")
 
 
+def dropout(inputs, probability):
+    """``F.dropout(inputs, probability, training=True)``, bit for bit, in half the time on a CPU.
+
+    torch's CPU dropout draws its mask with ``bernoulli_``, which takes one float64 uniform per element from
+    the default generator, ``u < 1 - p``, element by element: about 10 ns an element, 7-10% of a cpu-profile
+    collaborative step in its five dropouts (measured on a 2-core Xeon: 5.9 ms for a 1024 x 576 mask against
+    1.9 ms for ``torch.rand`` of the same draws). ``torch.rand`` in float64 takes the
+    same draws in the same order, so the same comparison and the same ``noise / (1 - p)`` in the input's
+    dtype give the same outputs, the same gradients and the same generator state afterwards
+    (``tests/test_backbone.py``). On other devices torch's own fused kernel runs."""
+    if inputs.device.type != "cpu":
+        return F.dropout(inputs, probability, training=True)
+    keep = torch.rand(inputs.shape, dtype=torch.float64, device=inputs.device) < 1 - probability
+    return inputs * keep.to(inputs.dtype).div_(1 - probability)
+
+
 def add_residual_dropout(model, probability, is_training):
     """Dropout on the output of every transformer block's attention and MLP, the two residual branches, while
     ``is_training()``: where GPT-2 (the reference code's backbone, trained in train mode) has ``resid_pdrop``.
@@ -132,8 +148,8 @@ def add_residual_dropout(model, probability, is_training):
         if not is_training():
             return output
         if isinstance(output, tuple):  # attention returns (output, weights)
-            return (F.dropout(output[0], probability, training=True), *output[1:])
-        return F.dropout(output, probability, training=True)
+            return (dropout(output[0], probability), *output[1:])
+        return dropout(output, probability)
 
     for layer in find_decoder_layers(model):
         branches = [child for name, child in layer.named_children() if name in ("self_attn", "attn", "mlp")]

@@ -100,3 +100,23 @@ def test_mixed_precision_auto_resolves():
     with pytest.raises(ValueError, match="mixed_precision"):
         resolve_mixed_precision("fp8", "cpu")
     assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("probability", [0.5, 0.3, 0.1])
+def test_cpu_dropout_is_torchs_dropout_bit_for_bit(dtype, probability):
+    inputs = torch.randn(4, 33, 48).to(dtype).requires_grad_(True)
+    upstream = torch.randn(4, 33, 48).to(dtype)
+    results = []
+    for drop in (lambda x: torch.nn.functional.dropout(x, probability, training=True),
+                 lambda x: backbone.dropout(x, probability)):
+        torch.manual_seed(7)
+        outputs = drop(inputs)
+        (outputs * upstream).sum().backward()
+        results.append((outputs.detach(), inputs.grad.clone(), torch.rand(3)))
+        inputs.grad = None
+    (torch_outputs, torch_grad, torch_next), (outputs, grad, next_draws) = results
+    assert 0 < int((outputs == 0).sum()) < outputs.numel()
+    assert torch.equal(outputs, torch_outputs)
+    assert torch.equal(grad, torch_grad)
+    assert torch.equal(next_draws, torch_next)  # the generator is left where torch's dropout leaves it

@@ -24,7 +24,8 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_cllm4rec.backbone import add_residual_dropout, load_backbone, take_final_norm
+from recbole_cllm4rec.backbone import add_residual_dropout, dropout, load_backbone, take_final_norm
+from recbole_cllm4rec.cpu_memory import keep_freed_memory
 from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
 
 
@@ -54,6 +55,8 @@ class CLLM4Rec(GeneralRecommender):
         self.llm_path = config["llm_path"]
         self.llm_num_layers = config["llm_num_layers"]
         self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
+        if config["cpu_keep_freed_memory"] and torch.device(config["device"]).type == "cpu":
+            keep_freed_memory()  # process-wide, as torch.set_num_threads is
         self.reg_weight = config["reg_weight"]
         self.mask_ratio = config["mask_ratio"]
         self.finetune_target = config["finetune_target"]
@@ -266,7 +269,7 @@ class CLLM4Rec(GeneralRecommender):
         mask = None if bool(attention_mask.all()) else attention_mask.long()
         embeddings = self._embed(tokens, side)
         if self.training and self.llm_dropout:  # GPT-2's embd_pdrop; the blocks' branches drop in their hooks
-            embeddings = F.dropout(embeddings, self.llm_dropout, training=True)
+            embeddings = dropout(embeddings, self.llm_dropout)
         mix = self.layer_mix is not None and side == "collaborative"
         with self._autocast():
             output = self.backbone.base_model(
