@@ -33,7 +33,9 @@ on a GPU also the device's peak allocation. On a GPU every timing waits for the 
 """
 
 import argparse
+import contextlib
 import functools
+import statistics
 import resource
 import sys
 from pathlib import Path
@@ -70,6 +72,18 @@ def tokens_per_second(model, steps, warm_up=False):
     return total_tokens / elapsed
 
 
+@contextlib.contextmanager
+def bare_backbone(model):
+    """The raw references measure the frozen backbone alone: with ``model`` in eval mode the plugin's own
+    ``llm_dropout`` hooks on the backbone's branches stay off (they run only while the plugin trains)."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 def random_inputs(model, batch_size, length):
     hidden_size = model.backbone.get_input_embeddings().weight.shape[1]
     return (torch.randn(batch_size, length, hidden_size, device=model.device) * 0.1).requires_grad_(True)
@@ -95,7 +109,8 @@ def raw_backbone_rate(model, shapes, warm_up=False, with_lm_head=False):
         inputs = random_inputs(model, batch_size, length)
         labels = torch.randint(vocab_size, (batch_size, length), device=model.device)
         steps.append((batch_size * length, functools.partial(step, inputs, labels)))
-    return tokens_per_second(model, steps, warm_up)
+    with bare_backbone(model):
+        return tokens_per_second(model, steps, warm_up)
 
 
 def raw_step_rate(model, kind, target_masks, warm_up=False):
@@ -123,7 +138,8 @@ def raw_step_rate(model, kind, target_masks, warm_up=False):
         labels = torch.randint(head.shape[0], (int(target_mask.sum()),), device=model.device)
         inputs = random_inputs(model, *target_mask.shape)
         steps.append((target_mask.numel(), functools.partial(step, inputs, target_mask, labels)))
-    return tokens_per_second(model, steps, warm_up)
+    with bare_backbone(model):
+        return tokens_per_second(model, steps, warm_up)
 
 
 def plugin_rate(model, kind, documents, batches, held_out=None, optimizer=None):
@@ -173,6 +189,8 @@ def main(argv=None):
     parser.add_argument("--config_files", default="")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--scoring_users", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved plugin / reference rounds; medians "
+                        "are reported (the figures drift with the machine's other load)")
     parser.add_argument("--output", default=None, help="append the figures to this markdown file")
     arguments, recbole_arguments = parser.parse_known_args(argv)
 
@@ -195,14 +213,20 @@ def main(argv=None):
         batches = bucket_batches([len(d.tokens) for d in documents], budget, generator)[: arguments.batches]
         optimizer = id_table_adam(model, 1e-4)
         plugin_rate(model, kind, documents, batches, targets, optimizer)  # warm-up: every shape, Adam's moments
-        rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets, optimizer)
-        raw = raw_backbone_rate(model, shapes, warm_up=True)
-        raw_lm = raw_backbone_rate(model, shapes, warm_up=True, with_lm_head=True)
-        raw_step = raw_step_rate(model, kind, target_masks, warm_up=True)
-        rows.append((kind, rate, raw, raw_lm, raw_step, density))
-        print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {rate / raw:.2f}), "
-              f"raw LM {raw_lm:8.0f} tok/s (ratio {rate / raw_lm:.2f}), raw step {raw_step:8.0f} tok/s "
-              f"(ratio {rate / raw_step:.2f}), real/padded {density:.3f}", flush=True)
+        rounds = []
+        for round_index in range(arguments.rounds):
+            rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets, optimizer)
+            warm_up = round_index == 0
+            rounds.append((rate, raw_backbone_rate(model, shapes, warm_up), raw_backbone_rate(model, shapes, warm_up, True),
+                           raw_step_rate(model, kind, target_masks, warm_up)))
+            print(f"{kind:>15} round {round_index + 1}: " + ", ".join(f"{name} {value:.0f}" for name, value in
+                  zip(("plugin", "raw body", "raw LM", "raw step"), rounds[-1])) + " tok/s", flush=True)
+        rate, raw, raw_lm, raw_step = (statistics.median(figures) for figures in zip(*rounds))
+        ratios = [statistics.median(figures[0] / figures[k] for figures in rounds) for k in (1, 2, 3)]
+        rows.append((kind, rate, raw, raw_lm, raw_step, density, ratios))
+        print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {ratios[0]:.2f}), "
+              f"raw LM {raw_lm:8.0f} tok/s (ratio {ratios[1]:.2f}), raw step {raw_step:8.0f} tok/s "
+              f"(ratio {ratios[2]:.2f}), real/padded {density:.3f}", flush=True)
 
     scoring_users = list(range(1, min(arguments.scoring_users, len(corpus.user_histories) - 1) + 1))
     model.eval()
@@ -227,9 +251,11 @@ def main(argv=None):
                  "| step | plugin real tok/s | raw body tok/s | ratio to body | raw LM tok/s | ratio to LM "
                  "| raw step tok/s | ratio to raw step | real / padded tokens |",
                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {rate / raw:.2f} | {raw_lm:.0f} | {rate / raw_lm:.2f} "
-                  f"| {raw_step:.0f} | {rate / raw_step:.2f} | {density:.3f} |"
-                  for kind, rate, raw, raw_lm, raw_step, density in rows]
+        lines += [f"| {kind} | {rate:.0f} | {raw:.0f} | {ratios[0]:.2f} | {raw_lm:.0f} | {ratios[1]:.2f} "
+                  f"| {raw_step:.0f} | {ratios[2]:.2f} | {density:.3f} |"
+                  for kind, rate, raw, raw_lm, raw_step, density, ratios in rows]
+        lines += ["", f"Medians over {arguments.rounds} rounds; each round measures the plugin and then the three "
+                  "references, and each ratio is the median of the rounds' own ratios."]
         lines += ["", f"Full ranking: {users_per_second:.0f} users/s ({len(scoring_users)} users). "
                   f"Peak memory (max RSS): {peak}.", "",
                   "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
