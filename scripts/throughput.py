@@ -30,6 +30,8 @@ a new size), and the plugin's timed steps use the optimizer its warm-up steps cr
 optimizer per stage (a fresh Adam allocates and zeroes its moments, 2 x 20 M floats for the cpu profile's
 tables, on its first step). Peak memory is the process's maximum resident set size, and
 on a GPU also the device's peak allocation. On a GPU every timing waits for the device to finish.
+``--breakdown`` adds, per step kind, the torch ops the plugin step spends its extra time in against the raw
+step (``torch.profiler`` self CPU time per batch).
 """
 
 import argparse
@@ -116,6 +118,12 @@ def raw_backbone_rate(model, shapes, warm_up=False, with_lm_head=False):
 def raw_step_rate(model, kind, target_masks, warm_up=False):
     """Tokens per second of the plain body + head step on dense batches whose [B, L] shapes and scored
     positions are ``target_masks`` (recommendation: one state per row, the last position)."""
+    with bare_backbone(model):
+        return tokens_per_second(model, raw_steps(model, kind, target_masks), warm_up)
+
+
+def raw_steps(model, kind, target_masks):
+    """(tokens, run) pairs of the raw step, one per batch: inputs, labels and head made up front."""
     backbone = model.backbone
     if kind == "content":
         head = backbone.get_output_embeddings().weight.detach()
@@ -138,8 +146,7 @@ def raw_step_rate(model, kind, target_masks, warm_up=False):
         labels = torch.randint(head.shape[0], (int(target_mask.sum()),), device=model.device)
         inputs = random_inputs(model, *target_mask.shape)
         steps.append((target_mask.numel(), functools.partial(step, inputs, target_mask, labels)))
-    with bare_backbone(model):
-        return tokens_per_second(model, steps, warm_up)
+    return steps
 
 
 def plugin_rate(model, kind, documents, batches, held_out=None, optimizer=None):
@@ -163,6 +170,28 @@ def plugin_rate(model, kind, documents, batches, held_out=None, optimizer=None):
         real_tokens += sum(lengths)
         shapes.append((len(chosen), max(lengths)))
     return real_tokens / elapsed, shapes, target_masks, real_tokens / sum(b * l for b, l in shapes)
+
+
+def step_breakdown(model, kind, documents, batches, held_out, optimizer, target_masks, rows=12):
+    """Where the plugin step's time goes against its raw step's: ``torch.profiler``'s self CPU time of each
+    torch op, in ms per batch, for one plugin pass over ``batches`` and one raw pass over the same shapes, the
+    ``rows`` ops the plugin spends most extra time in first, then the totals. CPU time: on a GPU it
+    measures the host side only."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as plugin_trace:
+        plugin_rate(model, kind, documents, batches, held_out, optimizer)
+    steps = raw_steps(model, kind, target_masks)
+    with bare_backbone(model), profile(activities=[ProfilerActivity.CPU]) as raw_trace:
+        tokens_per_second(model, steps)
+
+    def per_batch(trace):
+        return {event.key: event.self_cpu_time_total / 1e3 / len(batches) for event in trace.key_averages()}
+
+    plugin, raw = per_batch(plugin_trace), per_batch(raw_trace)
+    ops = sorted(set(plugin) | set(raw), key=lambda op: raw.get(op, 0.0) - plugin.get(op, 0.0))[:rows]
+    return [(op, plugin.get(op, 0.0), raw.get(op, 0.0)) for op in ops] + [
+        ("total", sum(plugin.values()), sum(raw.values()))]
 
 
 def schedule_tokens(model, config):
@@ -189,6 +218,8 @@ def main(argv=None):
     parser.add_argument("--config_files", default="")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--scoring_users", type=int, default=2048)
+    parser.add_argument("--breakdown", action="store_true", help="also profile one plugin pass and one raw step "
+                        "pass per step kind and list the ops the plugin spends its extra time in")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved plugin / reference rounds; medians "
                         "are reported (the figures drift with the machine's other load)")
     parser.add_argument("--output", default=None, help="append the figures to this markdown file")
@@ -202,7 +233,7 @@ def main(argv=None):
     print("tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
           + f"; whole schedule: {training_tokens:,} training tokens, {scoring_tokens:,} scoring tokens", flush=True)
 
-    rows = []
+    rows, breakdowns = [], {}
     kinds = [("collaborative", corpus.collaborative_documents(), None)]
     if corpus.has_content:
         kinds.append(("content", corpus.sampled_content_documents(generator), None))
@@ -217,13 +248,18 @@ def main(argv=None):
         for round_index in range(arguments.rounds):
             rate, shapes, target_masks, density = plugin_rate(model, kind, documents, batches, targets, optimizer)
             warm_up = round_index == 0
-            rounds.append((rate, raw_backbone_rate(model, shapes, warm_up), raw_backbone_rate(model, shapes, warm_up, True),
+            rounds.append((rate, raw_backbone_rate(model, shapes, warm_up),
+                           raw_backbone_rate(model, shapes, warm_up, with_lm_head=True),
                            raw_step_rate(model, kind, target_masks, warm_up)))
             print(f"{kind:>15} round {round_index + 1}: " + ", ".join(f"{name} {value:.0f}" for name, value in
                   zip(("plugin", "raw body", "raw LM", "raw step"), rounds[-1])) + " tok/s", flush=True)
         rate, raw, raw_lm, raw_step = (statistics.median(figures) for figures in zip(*rounds))
         ratios = [statistics.median(figures[0] / figures[k] for figures in rounds) for k in (1, 2, 3)]
         rows.append((kind, rate, raw, raw_lm, raw_step, density, ratios))
+        if arguments.breakdown:
+            breakdowns[kind] = step_breakdown(model, kind, documents, batches, targets, optimizer, target_masks)
+            for op, plugin_ms, raw_ms in breakdowns[kind]:
+                print(f"{kind:>15} {op[:48]:>48}: plugin {plugin_ms:7.1f} ms, raw step {raw_ms:7.1f} ms per batch")
         print(f"{kind:>15}: plugin {rate:8.0f} real tok/s, raw body {raw:8.0f} tok/s (ratio {ratios[0]:.2f}), "
               f"raw LM {raw_lm:8.0f} tok/s (ratio {ratios[1]:.2f}), raw step {raw_step:8.0f} tok/s "
               f"(ratio {ratios[2]:.2f}), real/padded {density:.3f}", flush=True)
@@ -261,6 +297,12 @@ def main(argv=None):
                   "Tokens per pass: " + ", ".join(f"{kind} {count:,}" for kind, count in per_pass.items())
                   + f". The whole schedule of this config: {training_tokens:,} training tokens and {scoring_tokens:,} "
                   "scoring tokens (every epoch run, validation every `eval_step`, plus the test pass).", ""]
+        for kind, breakdown in breakdowns.items():
+            lines += [f"Where the {kind} step's time goes (`torch.profiler` self CPU time, ms per batch, the ops with "
+                      "the most extra time in the plugin first):", "", "| op | plugin | raw step | extra |",
+                      "|---|---|---|---|"]
+            lines += [f"| {op} | {plugin_ms:.1f} | {raw_ms:.1f} | {plugin_ms - raw_ms:+.1f} |"
+                      for op, plugin_ms, raw_ms in breakdown] + [""]
         with open(arguments.output, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
 

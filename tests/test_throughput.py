@@ -27,3 +27,16 @@ def test_raw_references_and_plugin_step_measure_real_tokens(data_root, tmp_path,
     embeddings = model.backbone.get_input_embeddings().weight
     assert throughput.raw_backbone_rate(model, shapes, with_lm_head=True) > 0
     assert not embeddings.requires_grad and embeddings.grad is None  # the frozen LM stays frozen
+
+
+def test_breakdown_sets_the_plugin_step_against_its_raw_step(data_root, tmp_path, tiny_llama):
+    _, model, *_ = build(data_root, tmp_path, tiny_llama)
+    documents = model.corpus.collaborative_documents()
+    batches = bucket_batches([len(document.tokens) for document in documents], 64, torch.Generator().manual_seed(0))[:2]
+    optimizer = throughput.id_table_adam(model, 1e-4)
+    _, _, target_masks, _ = throughput.plugin_rate(model, "collaborative", documents, batches, optimizer=optimizer)
+    rows = throughput.step_breakdown(model, "collaborative", documents, batches, None, optimizer, target_masks,
+                                     rows=1000)
+    ops = {op: (plugin_ms, raw_ms) for op, plugin_ms, raw_ms in rows}
+    assert ops["total"][0] > 0 and ops["total"][1] > 0
+    assert "aten::_fused_adam_" in ops and ops["aten::_fused_adam_"][1] == 0  # only the plugin trains with Adam
