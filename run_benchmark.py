@@ -26,7 +26,7 @@ def parse_arguments(argv):
     parser.add_argument("--tune", action="store_true", help="Optuna search instead of one run")
     parser.add_argument("--n_trials", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole search")
-    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under results/)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under saved/optuna/)")
     parser.add_argument("--study_name", default=None)
     parser.add_argument("--search_space", default=None, help="search space yaml (default: properties/hyper/<Model>.yaml)")
     return parser.parse_known_args(argv)
