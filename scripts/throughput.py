@@ -37,8 +37,8 @@ step (``torch.profiler`` self CPU time per batch).
 import argparse
 import contextlib
 import functools
-import statistics
 import resource
+import statistics
 import sys
 from pathlib import Path
 from time import perf_counter
