@@ -8,7 +8,12 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 (e.g. ``properties/hyper/CLLM4Rec-cpu.yaml``: without the content LM, the content knobs do nothing). The study lives in SQLite
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
-marked failed when the search resumes, and the search runs only the trials still missing. Several
+marked failed when the search resumes, and the search runs only the trials still missing. After every
+trial the study is written to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts,
+every epoch's validation score, the metrics); a new storage (a fresh checkout: the SQLite file is not in
+git) starts from the trials with a verdict recorded there for the same study name and search space, so a
+search can go on across machines and sessions (``trials.csv`` of older searches serves where there is
+no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
 workers on one study (the same command started more than once, here or on other machines) share
 ``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
 
@@ -20,12 +25,20 @@ Outputs in ``results/<dataset>/tuning/<Model>/``: ``best.yaml`` (usable with --c
 its test result enters the comparison table as ``<Model>-tuned``.
 """
 
+import ast
+import fcntl
+import json
+import math
+import os
 import warnings
+from datetime import datetime
 from logging import getLogger
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from recbole_cllm4rec import benchmark
 from recbole_cllm4rec.benchmark import PROJECT_ROOT, BenchmarkError
@@ -99,15 +112,29 @@ def load_search_space(model, properties_dir, search_space=None):
     return path, space
 
 
-def suggest(trial, space):
-    params = {}
+def distributions(space):
+    """The Optuna distribution of every hyperparameter of a search space."""
+    made = {}
     for name, spec in space.items():
         if spec["type"] == "categorical":
-            params[name] = trial.suggest_categorical(name, spec["choices"])
+            made[name] = CategoricalDistribution(spec["choices"])
         elif spec["type"] == "int":
-            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
+            made[name] = IntDistribution(spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
         else:
-            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+            made[name] = FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+    return made
+
+
+def suggest(trial, space):
+    params = {}
+    for name, distribution in distributions(space).items():
+        if isinstance(distribution, CategoricalDistribution):
+            params[name] = trial.suggest_categorical(name, distribution.choices)
+        elif isinstance(distribution, IntDistribution):
+            params[name] = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step,
+                                             log=distribution.log)
+        else:
+            params[name] = trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
     return params
 
 
@@ -139,6 +166,124 @@ def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=
     )
 
 
+def trial_record(trial):
+    return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
+            "distributions": {name: optuna.distributions.distribution_to_json(distribution)
+                              for name, distribution in trial.distributions.items()},
+            "intermediate_values": {str(step): value for step, value in sorted(trial.intermediate_values.items())},
+            "user_attrs": trial.user_attrs,
+            "datetime_start": trial.datetime_start and trial.datetime_start.isoformat(),
+            "datetime_complete": trial.datetime_complete and trial.datetime_complete.isoformat()}
+
+
+def replace_atomically(path, text):
+    """Write beside ``path`` and rename over it: workers sharing a study all rewrite the same files, and a
+    reader (or a worker killed mid-write) never sees half of one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def write_trials(study, output, space_path):
+    """``trials.json`` (what a new storage restores from) and ``trials.csv`` (Optuna's table)."""
+    output.mkdir(parents=True, exist_ok=True)
+    record = {"study_name": study.study_name, "direction": study.direction.name.lower(),
+              "search_space": display_path(space_path),
+              "trials": [trial_record(trial) for trial in study.get_trials(deepcopy=False)]}
+    replace_atomically(output / "trials.json", json.dumps(record, indent=1) + "\n")
+    replace_atomically(output / "trials.csv", study.trials_dataframe().to_csv(index=False))
+
+
+def record_every_trial(output, space_path):
+    def callback(study, trial):
+        write_trials(study, output, space_path)
+
+    return callback
+
+
+def frozen_trial(state, value, params, trial_distributions, user_attrs, intermediate_values, started, completed):
+    trial = optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=optuna.trial.TrialState[state], value=None if state == "FAIL" else value,
+        datetime_start=datetime.fromisoformat(str(started)), datetime_complete=datetime.fromisoformat(str(completed)),
+        params=params, distributions=trial_distributions, user_attrs=user_attrs, system_attrs={},
+        intermediate_values=intermediate_values)
+    trial._validate()  # a parameter outside the search space raises ValueError here
+    return trial
+
+
+def trials_from_json(path, study_name):
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("study_name") != study_name:
+        return []
+    return [frozen_trial(trial["state"], trial["value"], trial["params"],
+                         {name: optuna.distributions.json_to_distribution(text)
+                          for name, text in trial["distributions"].items()},
+                         trial["user_attrs"], {int(step): value for step, value in trial["intermediate_values"].items()},
+                         trial["datetime_start"], trial["datetime_complete"])
+            for trial in record["trials"] if trial["state"] not in ("RUNNING", "WAITING")]
+
+
+def trials_from_csv(path, space):
+    """Optuna's ``trials_dataframe`` as older searches left it: no study name, no distributions (the search
+    space's are assumed and checked), no per-epoch scores (so these trials set no pruning medians)."""
+    table = pd.read_csv(path)
+    expected = {f"params_{name}" for name in space}
+    found = {column for column in table.columns if column.startswith("params_")}
+    if found != expected:
+        raise ValueError(f"its parameters {sorted(found)} are not the search space's {sorted(expected)}")
+    space_distributions = distributions(space)
+
+    def cell(value):
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    def external(name, value):
+        distribution = space_distributions[name]
+        if isinstance(distribution, CategoricalDistribution):
+            return next((choice for choice in distribution.choices if choice == value), value)
+        return int(value) if isinstance(distribution, IntDistribution) else float(value)
+
+    trials = []
+    for row in table.to_dict("records"):
+        if row["state"] in ("RUNNING", "WAITING"):
+            continue
+        user_attrs = {column[len("user_attrs_"):]: ast.literal_eval(row[column]) if row[column][:1] in "{[" else row[column]
+                      for column in table.columns if column.startswith("user_attrs_") and cell(row[column]) is not None}
+        trials.append(frozen_trial(row["state"], cell(row["value"]),
+                                   {name: external(name, row[f"params_{name}"]) for name in space},
+                                   space_distributions, user_attrs, {}, row["datetime_start"], row["datetime_complete"]))
+    return trials
+
+
+def restore_recorded_trials(study, output, space, default_study_name):
+    """Add to a study with no trials the trials with a verdict recorded in ``output`` for the same study name
+    (``trials.csv`` only for the default name: it does not say which study it holds) and search space.
+    Returns how many were added."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    json_path, csv_path = output / "trials.json", output / "trials.csv"
+    if json_path.is_file():
+        path, read = json_path, lambda: trials_from_json(json_path, study.study_name)
+    elif csv_path.is_file() and study.study_name == default_study_name:
+        path, read = csv_path, lambda: trials_from_csv(csv_path, space)
+    else:
+        return 0
+    try:
+        trials = [trial for trial in read() if reached_verdict(trial)]
+    except (ValueError, KeyError, SyntaxError) as error:
+        raise BenchmarkError(f"{display_path(path)} does not fit this search ({error}): pass another --study_name "
+                             f"to start afresh, or move that folder away.") from error
+    current = distributions(space)
+    for trial in trials:
+        if trial.distributions != current:
+            raise BenchmarkError(f"{display_path(path)} holds trials of another search space ({trial.distributions} "
+                                 f"against {current}): pass another --study_name to start afresh, or move that "
+                                 f"folder away.")
+    study.add_trials(trials)
+    if trials:
+        study.set_user_attr("restored_from", {"path": display_path(path), "n_trials": len(trials)})
+    return len(trials)
+
+
 def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
          recbole_arguments=(), properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
          final_run=True, grace_period=90, search_space=None):
@@ -147,10 +292,17 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
+    output = Path(results_dir) / dataset / "tuning" / model
+    logger = getLogger()
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / ".restore.lock", "w") as lock:  # two workers starting on a new storage restore once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        restored = restore_recorded_trials(study, output, space, default_study_name=f"{dataset}-{model}")
+    if restored:
+        logger.info(f"Optuna study {study.study_name}: a new storage, {restored} trials restored from {display_path(output)}")
     fail_stale_trials(study)
     done = sum(reached_verdict(trial) for trial in study.trials)
     remaining = max(n_trials - done, 0)
-    logger = getLogger()
     logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more")
 
     def objective(trial):
@@ -168,14 +320,13 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
 
     if remaining:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
-                       callbacks=[stop_at_verdicts(n_trials)])
+                       callbacks=[record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
     fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
     if any(trial.state == optuna.trial.TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
         logger.info("Other workers are still running trials of this study: the last one to finish writes the "
                     "outputs and trains the best configuration.")
         return study
-    output = Path(results_dir) / dataset / "tuning" / model
-    write_outputs(study, output)
+    write_outputs(study, output, space_path)
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
         finished = [trial for trial in study.trials if reached_verdict(trial)]
         distinct = len({tuple(sorted(trial.params.items())) for trial in finished})
@@ -185,7 +336,9 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
                       extra_record={"tuning": {"n_trials": len(finished), "n_distinct_configurations": distinct,
                                                "study_name": study.study_name,
                                                "best_params": study.best_params,
-                                               "search_space": display_path(space_path)}})
+                                               "search_space": display_path(space_path),
+                                               **{key: value for key, value in study.user_attrs.items()
+                                                  if key == "restored_from"}}})
     return study
 
 
@@ -195,14 +348,13 @@ def display_path(path):
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
-def write_outputs(study, output):
+def write_outputs(study, output, space_path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    output.mkdir(parents=True, exist_ok=True)
-    study.trials_dataframe().to_csv(output / "trials.csv", index=False)
+    write_trials(study, output, space_path)
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         return

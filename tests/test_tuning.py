@@ -47,6 +47,8 @@ def test_resume_after_interruption_runs_only_missing_trials(data_root, propertie
     monkeypatch.setattr(tuning.benchmark, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         search(data_root, properties, tmp_path, 3, final_run=False)
+    recorded = json.loads((tmp_path / "results" / "tiny" / "tuning" / "BPR" / "trials.json").read_text())
+    assert [trial["state"] for trial in recorded["trials"]] == ["COMPLETE"]  # written as each trial ends
     monkeypatch.setattr(tuning.benchmark, "run", original_run)
     study = search(data_root, properties, tmp_path, 3, final_run=False)
     verdicts = [trial for trial in study.trials if tuning.reached_verdict(trial)]
@@ -109,3 +111,59 @@ def test_worker_leaves_outputs_to_the_last_one_still_running(data_root, properti
     study = search(data_root, properties, tmp_path, 2)  # the study has its trials: this worker only finishes up
     assert len(study.trials) == 2
     assert (output / "best.yaml").is_file() and (tmp_path / "results" / "tiny" / "BPR-tuned.json").is_file()
+
+
+def test_new_storage_goes_on_from_the_recorded_trials(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
+    search(data_root, properties, tmp_path, 2, final_run=False)
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    recorded = json.loads((output / "trials.json").read_text())
+    assert recorded["study_name"] == "tiny-BPR" and [trial["state"] for trial in recorded["trials"]] == ["COMPLETE"] * 2
+    assert all(len(trial["intermediate_values"]) >= 1 for trial in recorded["trials"])
+    (tmp_path / "study.db").rename(tmp_path / "lost.db")  # a fresh checkout: the SQLite study is not in git
+    original_run, calls = tuning.benchmark.run, []
+    monkeypatch.setattr(tuning.benchmark, "run", lambda *args, **kwargs: calls.append(1) or original_run(*args, **kwargs))
+    study = search(data_root, properties, tmp_path, 3, final_run=False)
+    assert len(study.trials) == 3 and len(calls) == 1  # two restored, one run
+    for trial, before in zip(study.trials, recorded["trials"]):
+        assert trial.params == before["params"] and trial.value == before["value"]
+        assert trial.intermediate_values == {int(step): value for step, value in before["intermediate_values"].items()}
+        assert trial.user_attrs["test"] == before["user_attrs"]["test"]
+    assert study.user_attrs["restored_from"]["n_trials"] == 2
+    assert len(json.loads((output / "trials.json").read_text())["trials"]) == 3  # written after every trial
+
+
+def recorded_study(tmp_path, name="tiny-BPR"):
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
+    space = tuning.distributions(SPACE)
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 16},
+                                              distributions=space, value=0.3, intermediate_values={0: 0.2, 1: 0.3},
+                                              user_attrs={"test": {"ndcg@10": 0.25}}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"learning_rate": 0.002,
+                                              "embedding_size": 8}, distributions=space, intermediate_values={0: 0.01}))
+    failed = study.ask()
+    failed.suggest_float("learning_rate", 0.001, 0.05, log=True)
+    failed.suggest_categorical("embedding_size", [8, 16])
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)  # killed, no error of its own: no verdict
+    return study
+
+
+def test_older_trials_csv_is_restored_without_per_epoch_scores(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    output.mkdir(parents=True)
+    recorded_study(tmp_path).trials_dataframe().to_csv(output / "trials.csv", index=False)
+    study = search(data_root, properties, tmp_path, 2, final_run=False)  # two verdicts recorded: nothing to run
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED"]
+    assert study.trials[0].params == {"learning_rate": 0.01, "embedding_size": 16} and study.trials[0].value == 0.3
+    assert study.trials[0].user_attrs["test"] == {"ndcg@10": 0.25} and study.trials[0].intermediate_values == {}
+    assert (output / "trials.json").is_file()  # from now on the full record
+
+
+def test_recorded_trials_of_another_space_or_study_are_not_mixed_in(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    tuning.write_trials(recorded_study(tmp_path, name="tiny-BPR"), output, tmp_path / "space.yaml")
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(yaml.safe_dump({**SPACE, "learning_rate": {"type": "float", "low": 0.001, "high": 0.02}}))
+    with pytest.raises(BenchmarkError, match="another search space.*--study_name"):
+        search(data_root, properties, tmp_path, 2, final_run=False, search_space=str(narrow))
+    study = search(data_root, properties, tmp_path, 1, final_run=False, study_name="tiny-BPR-afresh")
+    assert len(study.trials) == 1 and "restored_from" not in study.user_attrs
