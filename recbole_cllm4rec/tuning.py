@@ -147,6 +147,21 @@ def pruning_callback(trial):
     return report
 
 
+class CurveMedianPruner(optuna.pruners.MedianPruner):
+    """Optuna's median rule, applied at an epoch only once ``n_startup_trials`` complete trials have a score
+    for that epoch. Optuna's own counts complete trials with or without scores: trials restored from an older
+    ``trials.csv`` have none, and a search resumed from it pruned every new trial that fell below the one
+    curve it had (12 of MultiDAE's 13 new trials)."""
+
+    def prune(self, study, trial):
+        step = trial.last_step
+        if step is None:
+            return False
+        curves = sum(step in other.intermediate_values
+                     for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        return curves >= self._n_startup_trials and super().prune(study, trial)
+
+
 def default_storage(dataset, model):
     path = PROJECT_ROOT / "saved" / "optuna" / dataset / f"{model}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +177,7 @@ def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=
         load_if_exists=True,
         direction="maximize" if bigger else "minimize",
         sampler=TrialSeededTPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        pruner=CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2),
     )
 
 
@@ -201,10 +216,17 @@ def record_every_trial(output, space_path):
     return callback
 
 
-def frozen_trial(state, value, params, trial_distributions, user_attrs, intermediate_values, started, completed):
+def frozen_trial(number, state, value, params, trial_distributions, user_attrs, intermediate_values, started,
+                 completed):
+    """A recorded trial as a finished one: a trial recorded while it was still running (another worker's, or
+    one whose worker was killed) comes back failed, without the error that would make that its verdict."""
+    if state in ("RUNNING", "WAITING"):
+        state, completed = "FAIL", completed or started
+    started = datetime.fromisoformat(str(started)) if started else datetime.now()
     trial = optuna.trial.FrozenTrial(
-        number=0, trial_id=0, state=optuna.trial.TrialState[state], value=None if state == "FAIL" else value,
-        datetime_start=datetime.fromisoformat(str(started)), datetime_complete=datetime.fromisoformat(str(completed)),
+        number=number, trial_id=number, state=optuna.trial.TrialState[state],
+        value=None if state == "FAIL" else value, datetime_start=started,
+        datetime_complete=datetime.fromisoformat(str(completed)) if completed else started,
         params=params, distributions=trial_distributions, user_attrs=user_attrs, system_attrs={},
         intermediate_values=intermediate_values)
     trial._validate()  # a parameter outside the search space raises ValueError here
@@ -215,18 +237,18 @@ def trials_from_json(path, study_name):
     record = json.loads(path.read_text(encoding="utf-8"))
     if record.get("study_name") != study_name:
         return []
-    return [frozen_trial(trial["state"], trial["value"], trial["params"],
+    return [frozen_trial(trial["number"], trial["state"], trial["value"], trial["params"],
                          {name: optuna.distributions.json_to_distribution(text)
                           for name, text in trial["distributions"].items()},
                          trial["user_attrs"], {int(step): value for step, value in trial["intermediate_values"].items()},
                          trial["datetime_start"], trial["datetime_complete"])
-            for trial in record["trials"] if trial["state"] not in ("RUNNING", "WAITING")]
+            for trial in record["trials"]]
 
 
 def trials_from_csv(path, space):
     """Optuna's ``trials_dataframe`` as older searches left it: no study name, no distributions (the search
     space's are assumed and checked), no per-epoch scores (so these trials set no pruning medians)."""
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, float_precision="round_trip")  # pandas' default parser drops the last digits
     expected = {f"params_{name}" for name in space}
     found = {column for column in table.columns if column.startswith("params_")}
     if found != expected:
@@ -244,20 +266,22 @@ def trials_from_csv(path, space):
 
     trials = []
     for row in table.to_dict("records"):
-        if row["state"] in ("RUNNING", "WAITING"):
-            continue
         user_attrs = {column[len("user_attrs_"):]: ast.literal_eval(row[column]) if row[column][:1] in "{[" else row[column]
                       for column in table.columns if column.startswith("user_attrs_") and cell(row[column]) is not None}
-        trials.append(frozen_trial(row["state"], cell(row["value"]),
-                                   {name: external(name, row[f"params_{name}"]) for name in space},
-                                   space_distributions, user_attrs, {}, row["datetime_start"], row["datetime_complete"]))
+        params = {name: external(name, row[f"params_{name}"]) for name in space
+                  if cell(row[f"params_{name}"]) is not None}
+        trials.append(frozen_trial(int(row["number"]), row["state"], cell(row["value"]), params,
+                                   {name: space_distributions[name] for name in params}, user_attrs, {},
+                                   cell(row["datetime_start"]), cell(row["datetime_complete"])))
     return trials
 
 
 def restore_recorded_trials(study, output, space, default_study_name):
-    """Add to a study with no trials the trials with a verdict recorded in ``output`` for the same study name
-    (``trials.csv`` only for the default name: it does not say which study it holds) and search space.
-    Returns how many were added."""
+    """Add to a study with no trials the trials recorded in ``output`` for the same study name (``trials.csv``
+    only for the default name: it does not say which study it holds) and search space, all of them and under
+    their own numbers: the sampler seeds each trial by its number, and a restored study that renumbered its
+    trials (leaving out a failed one) drew again the configuration of an earlier trial. Returns how many
+    trials with a verdict were added."""
     if study.get_trials(deepcopy=False):
         return 0
     json_path, csv_path = output / "trials.json", output / "trials.csv"
@@ -268,20 +292,23 @@ def restore_recorded_trials(study, output, space, default_study_name):
     else:
         return 0
     try:
-        trials = [trial for trial in read() if reached_verdict(trial)]
+        trials = read()
+        if [trial.number for trial in trials] != list(range(len(trials))):
+            raise ValueError("its trial numbers are not 0, 1, 2, ... in order")
     except (ValueError, KeyError, SyntaxError) as error:
         raise BenchmarkError(f"{display_path(path)} does not fit this search ({error}): pass another --study_name "
                              f"to start afresh, or move that folder away.") from error
     current = distributions(space)
     for trial in trials:
-        if trial.distributions != current:
+        if trial.distributions and trial.distributions != current:
             raise BenchmarkError(f"{display_path(path)} holds trials of another search space ({trial.distributions} "
                                  f"against {current}): pass another --study_name to start afresh, or move that "
                                  f"folder away.")
     study.add_trials(trials)
+    verdicts = sum(reached_verdict(trial) for trial in trials)
     if trials:
-        study.set_user_attr("restored_from", {"path": display_path(path), "n_trials": len(trials)})
-    return len(trials)
+        study.set_user_attr("restored_from", {"path": display_path(path), "n_trials": verdicts})
+    return verdicts
 
 
 def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
@@ -293,7 +320,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
     output = Path(results_dir) / dataset / "tuning" / model
-    logger = getLogger()
+    logger = optuna.logging.get_logger("optuna.recbole_cllm4rec")  # RecBole's logger is set up only per trial
     output.mkdir(parents=True, exist_ok=True)
     with open(output / ".restore.lock", "w") as lock:  # two workers starting on a new storage restore once
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -329,7 +356,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     write_outputs(study, output, space_path)
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
         finished = [trial for trial in study.trials if reached_verdict(trial)]
-        distinct = len({tuple(sorted(trial.params.items())) for trial in finished})
+        distinct = len({configuration(trial.params) for trial in finished})
         benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
                       config_files=[*config_files, str(output / "best.yaml")], config_dict=config_dict,
                       recbole_arguments=recbole_arguments, label=f"{model}-tuned",
@@ -340,6 +367,13 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
                                                **{key: value for key, value in study.user_attrs.items()
                                                   if key == "restored_from"}}})
     return study
+
+
+def configuration(params):
+    """Parameters as a comparable key, floats to 12 digits: a value read back from an older ``trials.csv``
+    with pandas' default parser lost its last digits and must still count as the configuration it was."""
+    return tuple(sorted((name, float(f"{value:.12g}") if isinstance(value, float) else value)
+                        for name, value in params.items()))
 
 
 def display_path(path):

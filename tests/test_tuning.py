@@ -135,7 +135,7 @@ def test_new_storage_goes_on_from_the_recorded_trials(data_root, properties, tmp
 def recorded_study(tmp_path, name="tiny-BPR"):
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
     space = tuning.distributions(SPACE)
-    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 16},
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.009387580144433756, "embedding_size": 16},
                                               distributions=space, value=0.3, intermediate_values={0: 0.2, 1: 0.3},
                                               user_attrs={"test": {"ndcg@10": 0.25}}))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"learning_rate": 0.002,
@@ -152,8 +152,9 @@ def test_older_trials_csv_is_restored_without_per_epoch_scores(data_root, proper
     output.mkdir(parents=True)
     recorded_study(tmp_path).trials_dataframe().to_csv(output / "trials.csv", index=False)
     study = search(data_root, properties, tmp_path, 2, final_run=False)  # two verdicts recorded: nothing to run
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED"]
-    assert study.trials[0].params == {"learning_rate": 0.01, "embedding_size": 16} and study.trials[0].value == 0.3
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED", "FAIL"]
+    assert study.trials[0].params == {"learning_rate": 0.009387580144433756, "embedding_size": 16}  # every digit
+    assert study.trials[0].value == 0.3
     assert study.trials[0].user_attrs["test"] == {"ndcg@10": 0.25} and study.trials[0].intermediate_values == {}
     assert (output / "trials.json").is_file()  # from now on the full record
 
@@ -167,3 +168,40 @@ def test_recorded_trials_of_another_space_or_study_are_not_mixed_in(data_root, p
         search(data_root, properties, tmp_path, 2, final_run=False, search_space=str(narrow))
     study = search(data_root, properties, tmp_path, 1, final_run=False, study_name="tiny-BPR-afresh")
     assert len(study.trials) == 1 and "restored_from" not in study.user_attrs
+
+
+def test_restored_trials_keep_their_numbers_so_the_next_trial_draws_afresh(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    recorded = recorded_study(tmp_path)
+    running = recorded.ask()  # recorded while another worker was still running it
+    running.suggest_float("learning_rate", 0.001, 0.05, log=True)
+    running.suggest_categorical("embedding_size", [8, 16])
+    tuning.write_trials(recorded, output, tmp_path / "space.yaml")
+    study = search(data_root, properties, tmp_path, 3, final_run=False)
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3, 4]  # the failed and the running one kept
+    assert [trial.state.name for trial in study.trials[:4]] == ["COMPLETE", "PRUNED", "FAIL", "FAIL"]
+    assert study.trials[4].state.name == "COMPLETE"  # the third verdict, seeded by its own number 4
+    assert [trial.params for trial in study.trials[:4]] == [trial.params for trial in recorded.trials]
+
+
+def test_pruning_waits_for_three_complete_curves_at_the_epoch():
+    pruner = tuning.CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    space = tuning.distributions(SPACE)
+
+    def finished(curve, **kwargs):
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 8},
+                                                  distributions=space, intermediate_values=curve, **kwargs))
+
+    for value in (0.5, 0.6, 0.7):  # restored from trials.csv: complete, but no curves
+        finished({}, value=value)
+    finished({step: 0.5 for step in range(6)}, value=0.5)
+    trial = study.ask()
+    for step in range(4):
+        trial.report(0.1, step)
+    assert not trial.should_prune()  # one curve is no median
+    finished({step: 0.4 for step in range(6)}, value=0.4)
+    finished({step: 0.3 for step in range(3)}, value=0.3)  # stopped early: no score at epoch 3
+    assert not trial.should_prune()
+    finished({step: 0.2 for step in range(6)}, value=0.2)
+    assert trial.should_prune()  # below the median of three curves at epoch 3
