@@ -104,19 +104,36 @@ def test_mixed_precision_auto_resolves():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("probability", [0.5, 0.3, 0.1])
-def test_cpu_dropout_is_torchs_dropout_bit_for_bit(dtype, probability):
-    inputs = torch.randn(4, 33, 48).to(dtype).requires_grad_(True)
-    upstream = torch.randn(4, 33, 48).to(dtype)
-    results = []
-    for drop in (lambda x: torch.nn.functional.dropout(x, probability, training=True),
-                 lambda x: backbone.dropout(x, probability)):
-        torch.manual_seed(7)
-        outputs = drop(inputs)
-        (outputs * upstream).sum().backward()
-        results.append((outputs.detach(), inputs.grad.clone(), torch.rand(3)))
-        inputs.grad = None
-    (torch_outputs, torch_grad, torch_next), (outputs, grad, next_draws) = results
-    assert 0 < int((outputs == 0).sum()) < outputs.numel()
-    assert torch.equal(outputs, torch_outputs)
-    assert torch.equal(grad, torch_grad)
-    assert torch.equal(next_draws, torch_next)  # the generator is left where torch's dropout leaves it
+def test_cpu_dropout_keeps_1_minus_p_scaled_so_the_expectation_is_the_input(dtype, probability):
+    inputs = torch.full((200, 33, 49), 2.0, dtype=dtype, requires_grad=True)  # 323,400: not a multiple of 4
+    torch.manual_seed(7)
+    outputs = backbone.dropout(inputs, probability)
+    kept = outputs != 0
+    threshold = round(probability * backbone.MASK_LEVELS)
+    scale = backbone.MASK_LEVELS / (backbone.MASK_LEVELS - threshold)
+    assert torch.equal(outputs[kept], torch.full_like(outputs[kept], 2.0 * scale))
+    assert abs(float(kept.double().mean()) - (1 - probability)) < 4 * ((1 - probability) * probability / kept.numel()) ** 0.5
+    for axis in range(3):  # no position always kept or always dropped by how the bits are laid out
+        rates = kept.double().mean(dim=[other for other in range(3) if other != axis])
+        assert float((rates - (1 - probability)).abs().max()) < 0.1
+    outputs.sum().backward()
+    assert torch.equal(inputs.grad, kept.to(dtype) * torch.tensor(scale, dtype=dtype))
+    torch.manual_seed(7)
+    assert torch.equal(backbone.dropout(inputs.detach(), probability), outputs.detach())  # the seed fixes the mask
+    assert not torch.equal(backbone.dropout(inputs.detach(), probability), outputs.detach())
+
+
+def test_cpu_dropout_masks_of_neighbouring_elements_are_independent():
+    torch.manual_seed(3)
+    kept = (backbone.dropout(torch.ones(400_000), 0.5) != 0).double()
+    for lag in (1, 2, 3, 4, 5):  # the four 16-bit lanes of one 64-bit draw, and across draws
+        correlation = torch.corrcoef(torch.stack([kept[:-lag], kept[lag:]]))[0, 1]
+        assert abs(float(correlation)) < 0.01
+
+
+def test_cpu_dropout_at_the_ends_of_the_range():
+    inputs = torch.randn(5, 7)
+    assert torch.equal(backbone.dropout(inputs, 0.0), inputs)
+    assert torch.equal(backbone.dropout(inputs, 1.0), torch.zeros_like(inputs))
+    with pytest.raises(ValueError, match="dropout probability"):
+        backbone.dropout(inputs, 1.5)
