@@ -23,6 +23,7 @@ checkpoint format, so ``Trainer.evaluate`` and ``load_data_and_model`` read it a
 
 import hashlib
 import json
+import math
 import os
 from time import time
 
@@ -40,6 +41,13 @@ NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_
                      "offset", "verbose"}
 
 
+FINETUNE_LR_DECAYS = {
+    "none": lambda progress: 1.0,
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
+
+
 def id_table_adam(model, learning_rate, weight_decay=0.0):
     """Adam over ``model``'s trainable ID tables. Fused (one kernel over all parameters) where torch has it for
     the device: the tables are dense (users x hidden, items x hidden), and the per-tensor loop spent a quarter
@@ -50,6 +58,8 @@ def id_table_adam(model, learning_rate, weight_decay=0.0):
     users = [model.collaborative_user_embedding.weight, model.content_user_embedding.weight]
     others = [parameter for parameter in model.trainable_parameters() if not any(parameter is user for user in users)]
     groups = [{"params": others}, {"params": users, "lr": learning_rate * model.user_learning_rate_scale}]
+    for group in groups:
+        group["initial_lr"] = group.get("lr", learning_rate)  # the decay of finetune_lr_decay starts from here
     return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay, fused=fused)
 
 
@@ -58,6 +68,9 @@ class CLLM4RecTrainer(Trainer):
         super().__init__(config, model)
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
         self.finetune_learning_rate = config["learning_rate"]
+        self.finetune_lr_decay = config["finetune_lr_decay"] or "none"
+        if self.finetune_lr_decay not in FINETUNE_LR_DECAYS:
+            raise ValueError(f"finetune_lr_decay must be one of {sorted(FINETUNE_LR_DECAYS)}, got {self.finetune_lr_decay!r}")
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_rounds = config["pretrain_rounds"]
         self.finetune_content_passes = config["finetune_content_passes"]
@@ -185,6 +198,13 @@ class CLLM4RecTrainer(Trainer):
     def _optimizer(self, learning_rate):
         return id_table_adam(self.model, learning_rate, self.weight_decay)
 
+    def _decay_learning_rate(self, optimizer, epoch):
+        """Set finetuning epoch ``epoch``'s rate from the schedule: a function of the epoch alone, so a resumed run
+        takes the same rates as an uninterrupted one."""
+        factor = FINETUNE_LR_DECAYS[self.finetune_lr_decay](epoch / self.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
     # ----- checkpoints ---------------------------------------------------------------------------------
     def _atomic_save(self, state, path):
         if self.rank != 0:
@@ -290,6 +310,7 @@ class CLLM4RecTrainer(Trainer):
             return self.best_valid_score, self.best_valid_result
         self.stage = "finetune"
         for epoch in range(self.start_epoch, self.epochs):
+            self._decay_learning_rate(optimizer, epoch)
             started = time()
             losses = self._run_pass(
                 "recommendation", self._generator("finetune", epoch), optimizer, f"Finetune {epoch + 1}/{self.epochs}"

@@ -139,15 +139,17 @@ def test_finetune_target_option(tiny):
 
 
 # during pretraining, during finetuning; with dropout the resumed run must also continue the random stream
-@pytest.mark.parametrize("interrupt_after_passes, llm_dropout", [(2, 0.0), (7, 0.0), (7, 0.3)])
+@pytest.mark.parametrize("interrupt_after_passes, llm_dropout, finetune_lr_decay", [(2, 0.0, "none"), (7, 0.0, "none"), (7, 0.3, "cosine")])
 def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path, tiny_llama, interrupt_after_passes,
-                                                             llm_dropout):
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama, llm_dropout=llm_dropout)
+                                                             llm_dropout, finetune_lr_decay):
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama, llm_dropout=llm_dropout,
+                                                             finetune_lr_decay=finetune_lr_decay)
     trainer = CLLM4RecTrainer(config, model)
     expected_score, _ = trainer.fit(train_data, valid_data)
     expected = trainer.evaluate(test_data, load_best_model=True)
 
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, llm_dropout=llm_dropout)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
+                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay)
     trainer = CLLM4RecTrainer(config, model)
     original_run_pass, calls = trainer._run_pass, []
 
@@ -161,7 +163,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(train_data, valid_data)
 
-    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, llm_dropout=llm_dropout)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
+                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay)
     trainer = CLLM4RecTrainer(config, model)
     resumed_calls = []
     original_run_pass = trainer._run_pass
@@ -523,3 +526,27 @@ def test_user_learning_rate_scale_sets_the_user_tables_rate(data_root, tmp_path,
     assert len(rates) == len(model.trainable_parameters())  # every trainable table once
     with pytest.raises(ValueError, match="user_learning_rate_scale"):
         build(data_root, tmp_path / "bad", tiny_llama, user_learning_rate_scale=0)
+
+
+@pytest.mark.parametrize("decay, factors", [("none", [1, 1, 1]), ("linear", [1, 2 / 3, 1 / 3]), ("cosine", [1, 0.75, 0.25])])
+def test_finetune_lr_decay_sets_each_epochs_rate(data_root, tmp_path, tiny_llama, decay, factors):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, finetune_lr_decay=decay,
+                                                     user_learning_rate_scale=10.0, stopping_step=10)
+    trainer = CLLM4RecTrainer(config, model)
+    rates, original_run_pass = [], trainer._run_pass
+
+    def recording(kind, generator, optimizer, description):
+        if kind == "recommendation":
+            rates.append([group["lr"] for group in optimizer.param_groups])
+        return original_run_pass(kind, generator, optimizer, description)
+
+    trainer._run_pass = recording
+    trainer.fit(train_data, valid_data)
+    learning_rate = config["learning_rate"]
+    assert rates == [pytest.approx([learning_rate * factor, 10 * learning_rate * factor]) for factor in factors]
+
+
+def test_unknown_finetune_lr_decay_is_refused(data_root, tmp_path, tiny_llama):
+    config, model, *_ = build(data_root, tmp_path, tiny_llama, finetune_lr_decay="step")
+    with pytest.raises(ValueError, match="finetune_lr_decay"):
+        CLLM4RecTrainer(config, model)
