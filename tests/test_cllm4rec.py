@@ -139,17 +139,21 @@ def test_finetune_target_option(tiny):
 
 
 # during pretraining, during finetuning; with dropout the resumed run must also continue the random stream
-@pytest.mark.parametrize("interrupt_after_passes, llm_dropout, finetune_lr_decay", [(2, 0.0, "none"), (7, 0.0, "none"), (7, 0.3, "cosine")])
+@pytest.mark.parametrize("interrupt_after_passes, llm_dropout, finetune_lr_decay, user_table_updates",
+                         [(2, 0.0, "none", "dense"), (7, 0.0, "none", "dense"), (7, 0.3, "cosine", "dense"),
+                          (2, 0.0, "none", "lazy"), (7, 0.3, "cosine", "lazy")])
 def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path, tiny_llama, interrupt_after_passes,
-                                                             llm_dropout, finetune_lr_decay):
+                                                             llm_dropout, finetune_lr_decay, user_table_updates):
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama, llm_dropout=llm_dropout,
-                                                             finetune_lr_decay=finetune_lr_decay)
+                                                             finetune_lr_decay=finetune_lr_decay,
+                                                             user_table_updates=user_table_updates)
     trainer = CLLM4RecTrainer(config, model)
     expected_score, _ = trainer.fit(train_data, valid_data)
     expected = trainer.evaluate(test_data, load_best_model=True)
 
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
-                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay)
+                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay,
+                                                             user_table_updates=user_table_updates)
     trainer = CLLM4RecTrainer(config, model)
     original_run_pass, calls = trainer._run_pass, []
 
@@ -164,7 +168,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path
         trainer.fit(train_data, valid_data)
 
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
-                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay)
+                                                             llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay,
+                                                             user_table_updates=user_table_updates)
     trainer = CLLM4RecTrainer(config, model)
     resumed_calls = []
     original_run_pass = trainer._run_pass
@@ -550,3 +555,48 @@ def test_unknown_finetune_lr_decay_is_refused(data_root, tmp_path, tiny_llama):
     config, model, *_ = build(data_root, tmp_path, tiny_llama, finetune_lr_decay="step")
     with pytest.raises(ValueError, match="finetune_lr_decay"):
         CLLM4RecTrainer(config, model)
+
+
+def user_rows_after_two_steps(model):
+    """The collaborative user table before, after a step on users 1-8, and after a second step on users 9-16."""
+    from recbole_cllm4rec.trainer import id_table_adam
+
+    optimizer, table = id_table_adam(model, 0.01), model.collaborative_user_embedding.weight
+    snapshots = [table.detach().clone()]
+    for users in (range(1, 9), range(9, 17)):
+        documents, held_out = model.corpus.recommendation_documents(users, 0.2, torch.Generator().manual_seed(0))
+        optimizer.zero_grad(set_to_none=True)
+        language_loss, regularization, _ = model.document_loss("recommendation", documents, held_out)
+        (language_loss + regularization).backward()
+        optimizer.step()
+        snapshots.append(table.detach().clone())
+    return snapshots
+
+
+def test_lazy_user_table_updates_move_only_the_batchs_users(data_root, tmp_path, tiny_llama):
+    _, lazy, *_ = build(data_root, tmp_path / "lazy", tiny_llama, user_table_updates="lazy")
+    start, first, second = user_rows_after_two_steps(lazy)
+    moved = lambda before, after: set(torch.nonzero((after != before).any(1)).flatten().tolist())
+    assert moved(start, first) == set(range(1, 9))
+    assert moved(first, second) == set(range(9, 17))  # users 1-8 stay put once their batch has passed
+
+    _, dense, *_ = build(data_root, tmp_path / "dense", tiny_llama)
+    start, first, second = user_rows_after_two_steps(dense)
+    assert moved(start, first) == set(range(1, 9))  # their first step: rows without a gradient have no moments yet
+    assert moved(first, second) == set(range(1, 17))  # dense Adam's moments carry users 1-8 on
+    # the first step moves the same rows the same way (about lr * sign(gradient) either way; SparseAdam adds eps
+    # before the bias correction, Adam after it, so tiny gradients take slightly smaller steps)
+    _, lazy_again, *_ = build(data_root, tmp_path / "lazy-again", tiny_llama, user_table_updates="lazy")
+    assert torch.equal(torch.sign(user_rows_after_two_steps(lazy_again)[1] - start), torch.sign(first - start))
+
+
+def test_lazy_user_table_updates_refuse_what_sparse_gradients_cannot_do(data_root, tmp_path, tiny_llama):
+    from recbole_cllm4rec.trainer import id_table_adam
+
+    config, model, *_ = build(data_root, tmp_path, tiny_llama, user_table_updates="lazy", clip_grad_norm={"max_norm": 1.0})
+    with pytest.raises(ValueError, match="user_table_updates: lazy"):
+        CLLM4RecTrainer(config, model)
+    with pytest.raises(ValueError, match="weight_decay"):
+        id_table_adam(model, 1e-3, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="user_table_updates"):
+        build(data_root, tmp_path / "bad", tiny_llama, user_table_updates="sparse")

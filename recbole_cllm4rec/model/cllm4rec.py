@@ -68,6 +68,9 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"soft_token_scale must be positive, got {self.soft_token_scale!r}")
         if not self.user_learning_rate_scale > 0:
             raise ValueError(f"user_learning_rate_scale must be positive, got {self.user_learning_rate_scale!r}")
+        self.user_table_updates = config["user_table_updates"]
+        if self.user_table_updates not in ("dense", "lazy"):
+            raise ValueError(f"user_table_updates must be 'dense' or 'lazy', got {self.user_table_updates!r}")
         if self.id_embedding_max_norm is not None and not self.id_embedding_max_norm > 0:
             raise ValueError(f"id_embedding_max_norm must be a positive number or ~, got {self.id_embedding_max_norm!r}")
         self.item_text_fields = config["item_text_fields"]
@@ -110,9 +113,12 @@ class CLLM4Rec(GeneralRecommender):
         self.corpus = CLLM4RecCorpus(dataset, self.tokenizer, config, self.vocab_size, self.logger)
         self.token_space = self.corpus.token_space
 
-        self.collaborative_user_embedding = nn.Embedding(self.n_users, hidden_size)
+        # ``user_table_updates: lazy``: the user tables' gradients are sparse (only the batch's users' rows), and
+        # the trainer's optimizer moves only those rows (trainer.id_table_adam).
+        sparse_users = self.user_table_updates == "lazy"
+        self.collaborative_user_embedding = nn.Embedding(self.n_users, hidden_size, sparse=sparse_users)
         self.collaborative_item_embedding = nn.Embedding(self.n_items, hidden_size)
-        self.content_user_embedding = nn.Embedding(self.n_users, hidden_size)
+        self.content_user_embedding = nn.Embedding(self.n_users, hidden_size, sparse=sparse_users)
         self.content_item_embedding = nn.Embedding(self.n_items, hidden_size)
         # Heads tied to embeddings: the item head *is* the collaborative item embedding matrix (paper; with
         # ``item_head_tied: False`` it is a matrix of its own), the vocabulary head *is* the backbone's frozen
