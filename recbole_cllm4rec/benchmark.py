@@ -373,6 +373,15 @@ def tuning_summary(tuning):
     return f"yes, {tuning['n_trials']} trials{repeated}"
 
 
+def protocol_seed_of(properties_dir, dataset):
+    """The seed the protocol fixes: ``overall.yaml``'s, or the dataset properties file's where it sets one."""
+    seed = yaml.safe_load((Path(properties_dir) / "overall.yaml").read_text(encoding="utf-8")).get("seed")
+    dataset_file = Path(properties_dir) / "dataset" / f"{dataset}.yaml"
+    if dataset_file.exists():
+        seed = (yaml.safe_load(dataset_file.read_text(encoding="utf-8")) or {}).get("seed", seed)
+    return seed
+
+
 def rebuild_tables(dataset, results_dir, properties_dir):
     """Write ``<dataset>.md``, ``<dataset>.csv`` and ``<dataset>.png`` from the dataset's JSON records."""
     records = load_records(dataset, results_dir)
@@ -384,9 +393,16 @@ def rebuild_tables(dataset, results_dir, properties_dir):
     results_dir = Path(results_dir)
     with open(results_dir / f"{dataset}.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", *metrics])
+        writer.writerow(["model", *metrics, "seed"])
         for record in records:
-            writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics)])
+            writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics), record.get("seed", "")])
+    # The seed also draws RecBole's split: rows of another seed are tested on other items and stand apart.
+    protocol_seed = protocol_seed_of(properties_dir, dataset)
+    at_protocol_seed = [record for record in records if record.get("seed", protocol_seed) == protocol_seed]
+    other_seeds = [record for record in records if record.get("seed", protocol_seed) != protocol_seed]
+    if not at_protocol_seed:  # a dataset run only at other seeds: one table of them all
+        at_protocol_seed, other_seeds = records, []
+    records = at_protocol_seed
     lines = [f"# {dataset}", "", protocol_text(properties_dir, dataset), "", f"![headline metrics]({dataset}.png)", "",
              "## Headline (test)", "", "| model | " + " | ".join(headline) + " |",
              "|---" * (len(headline) + 1) + "|"]
@@ -408,6 +424,16 @@ def rebuild_tables(dataset, results_dir, properties_dir):
             f"| {record.get('epochs_run', '')} | {record['wall_time_s']} | {machine_label(record)} | {record['peak_memory_gib']} | "
             f"`{(record['git_commit'] or 'unknown')[:12]}` |"
         )
+    if other_seeds:
+        lines += ["", f"## Other seeds (test)", "",
+                  f"Runs with another seed than the protocol's {protocol_seed}. The seed also draws the random split, so "
+                  "each row is tested on other items than the tables above: compare rows of the same seed only "
+                  f"(`scripts/seed_table.py` lines them up).", "",
+                  "| model | seed | " + " | ".join(headline) + " | commit |", "|---" * (len(headline) + 3) + "|"]
+        for record in sorted(other_seeds, key=lambda record: (record["seed"], -record["test"].get(headline[0], 0))):
+            cells = [format_metric(record["test"].get(metric)) for metric in headline]
+            lines.append(f"| {record['label']} | {record['seed']} | " + " | ".join(cells)
+                         + f" | `{(record['git_commit'] or 'unknown')[:12]}` |")
     lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
               f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed."]
     lines += [f"- {record['label']}: {record[key]}" for record in records for key in ("label_note", "git_commit_note", "tuning_note")

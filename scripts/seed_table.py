@@ -57,6 +57,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", required=True, help="NAME=RECORD[,RECORD...]")
     parser.add_argument("--output", required=True)
+    parser.add_argument("--title", default="Test metrics over seeds")
     arguments = parser.parse_args(argv)
     families = [load_family(text) for text in arguments.family]
     sources = "\n".join(f"- {name}: " + ", ".join(f"seed {seed} `{record['label']}` ({record['machine'].get('gpu') or 'CPU'}, "
@@ -64,8 +65,11 @@ def main(argv=None):
                                                    for seed, record in sorted(by_seed.items()))
                         for name, by_seed in families)
     command = "python scripts/seed_table.py " + " ".join(f"'--family={text}'" for text in arguments.family) + \
-        f" --output={arguments.output}"
-    parts = [f"Command: `{command}`", "Records:\n" + sources]
+        f" --output={arguments.output}" + (
+        f" '--title={arguments.title}'" if arguments.title != parser.get_default("title") else "")
+    about = ("Each seed also draws RecBole's random split, so the families compare only within a row; the last row "
+             f"of each table is the mean difference from {families[0][0]} over the seeds both have.")
+    parts = [f"# {arguments.title}", about, f"Command: `{command}`", "Records:\n" + sources]
     parts += [f"### test {metric}\n\n{table(families, metric)}" for metric in HEADLINE_METRICS]
     Path(arguments.output).write_text("\n\n".join(parts) + "\n", encoding="utf-8")
 
