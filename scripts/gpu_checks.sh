@@ -6,6 +6,9 @@
 # Usage, on the GPU machine in the repository root, with the files scripts/gpu_env.sh names staged:
 #   bash scripts/gpu_checks.sh OUTPUT_DIR
 # Each step has its own time limit and logs to OUTPUT_DIR, so one that fails or runs long leaves the others.
+# Staging (session 16, an H200 with 15 minutes of device time): one call carries 64 MiB, so the wheels (~75 MB)
+# and the GGUF (98 MB, split with `split -b 62000000`) went over in three calls a few seconds apart, each copying
+# its carried folder into /tmp/stage on the still-warm machine; the third ran this script.
 set -uo pipefail
 OUTPUT_DIR=${1:?usage: bash scripts/gpu_checks.sh OUTPUT_DIR}
 mkdir -p "$OUTPUT_DIR"

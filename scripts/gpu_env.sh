@@ -3,8 +3,10 @@
 # package registry and no network, to run this benchmark (how the GPU rows in results/ were produced).
 #
 # Everything arrives staged in $STAGE (default /tmp/stage), copied there from several carried folders:
-#   *.whl                     cp312 wheels of the pinned packages: numpy 1.26.4, pandas 2.3.3, scipy 1.12.0,
-#                             setuptools 81, recbole 1.2.1 and its small pure-Python needs, gguf, optuna
+#   *.whl                     cp312 wheels of the pinned packages: numpy 1.26.4, pandas 2.3.3 (with pytz and
+#                             tzdata, which the machine's pandas 3 no longer needs), scipy 1.12.0, setuptools 81,
+#                             recbole 1.2.1 and its small pure-Python needs (colorlog, texttable, thop), gguf
+#                             (optuna, sqlalchemy, alembic and mako only for a search)
 #   gguf.part.*               the bundled SmolLM2 GGUF (98 MB) split into parts: one call carries 64 MiB
 #   amazon-beauty.tar.xz      the dataset's atomic files
 # The pinned wheels go to $SITE (default /tmp/site) ahead of the machine's own packages on PYTHONPATH, so
