@@ -328,19 +328,27 @@ def metric_columns(records):
     return sorted(names, key=lambda name: (name.split("@")[0], int(name.split("@")[1]) if "@" in name else 0))
 
 
-def protocol_text(properties_dir, dataset=None):
-    """The protocol sentence above every table: ``overall.yaml``, with the keys the dataset's own
-    properties file overrides (a small catalogue's top-k and validation metric) named as such."""
+def protocol_settings(properties_dir, dataset=None):
+    """``overall.yaml``'s protocol, with the keys the dataset's own properties file overrides (a small catalogue's
+    top-k and validation metric); returns the settings and the names of the overridden keys."""
     with open(Path(properties_dir) / "overall.yaml", encoding="utf-8") as handle:
         protocol = yaml.safe_load(handle)
-    source = "`properties/overall.yaml`"
     dataset_file = Path(properties_dir) / "dataset" / f"{dataset}.yaml"
+    overrides = {}
     if dataset and dataset_file.exists():
         with open(dataset_file, encoding="utf-8") as handle:
             overrides = {key: value for key, value in (yaml.safe_load(handle) or {}).items() if key in protocol}
-        if overrides:
-            protocol.update(overrides)
-            source += f", with {', '.join(sorted(overrides))} from `properties/dataset/{dataset}.yaml`"
+        protocol.update(overrides)
+    return protocol, sorted(overrides)
+
+
+def protocol_text(properties_dir, dataset=None):
+    """The protocol sentence above every table: ``overall.yaml``, with the keys the dataset's own
+    properties file overrides named as such."""
+    protocol, overridden = protocol_settings(properties_dir, dataset)
+    source = "`properties/overall.yaml`"
+    if overridden:
+        source += f", with {', '.join(overridden)} from `properties/dataset/{dataset}.yaml`"
     split = protocol["eval_args"]["split"]
     return (
         f"**Protocol** ({source}): per-user random split {split} "
@@ -373,15 +381,6 @@ def tuning_summary(tuning):
     return f"yes, {tuning['n_trials']} trials{repeated}"
 
 
-def protocol_seed_of(properties_dir, dataset):
-    """The seed the protocol fixes: ``overall.yaml``'s, or the dataset properties file's where it sets one."""
-    seed = yaml.safe_load((Path(properties_dir) / "overall.yaml").read_text(encoding="utf-8")).get("seed")
-    dataset_file = Path(properties_dir) / "dataset" / f"{dataset}.yaml"
-    if dataset_file.exists():
-        seed = (yaml.safe_load(dataset_file.read_text(encoding="utf-8")) or {}).get("seed", seed)
-    return seed
-
-
 def rebuild_tables(dataset, results_dir, properties_dir):
     """Write ``<dataset>.md``, ``<dataset>.csv`` and ``<dataset>.png`` from the dataset's JSON records."""
     records = load_records(dataset, results_dir)
@@ -397,7 +396,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         for record in records:
             writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics), record.get("seed", "")])
     # The seed also draws RecBole's split: rows of another seed are tested on other items and stand apart.
-    protocol_seed = protocol_seed_of(properties_dir, dataset)
+    protocol_seed = protocol_settings(properties_dir, dataset)[0]["seed"]
     at_protocol_seed = [record for record in records if record.get("seed", protocol_seed) == protocol_seed]
     other_seeds = [record for record in records if record.get("seed", protocol_seed) != protocol_seed]
     if not at_protocol_seed:  # a dataset run only at other seeds: one table of them all
@@ -422,10 +421,10 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         lines.append(
             f"| {record['label']} | {overrides} | {tuned} | {record['valid_metric']} = {record['best_valid_score']:.4f} "
             f"| {record.get('epochs_run', '')} | {record['wall_time_s']} | {machine_label(record)} | {record['peak_memory_gib']} | "
-            f"`{(record['git_commit'] or 'unknown')[:12]}` |"
+            f"{short_commit(record)} |"
         )
     if other_seeds:
-        lines += ["", f"## Other seeds (test)", "",
+        lines += ["", "## Other seeds (test)", "",
                   f"Runs with another seed than the protocol's {protocol_seed}. The seed also draws the random split, so "
                   "each row is tested on other items than the tables above: compare rows of the same seed only "
                   f"(`scripts/seed_table.py` lines them up).", "",
@@ -433,7 +432,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
         for record in sorted(other_seeds, key=lambda record: (record["seed"], -record["test"].get(headline[0], 0))):
             cells = [format_metric(record["test"].get(metric)) for metric in headline]
             lines.append(f"| {record['label']} | {record['seed']} | " + " | ".join(cells)
-                         + f" | `{(record['git_commit'] or 'unknown')[:12]}` |")
+                         + f" | {short_commit(record)} |")
     lines += ["", f"Each row comes from `results/{dataset}/<model>.json` (full config, seed, machine), written by "
               f"`python run_benchmark.py --model=<model> --dataset={dataset}` with the files and overrides listed."]
     lines += [f"- {record['label']}: {record[key]}" for record in records for key in ("label_note", "git_commit_note", "tuning_note")
@@ -441,6 +440,10 @@ def rebuild_tables(dataset, results_dir, properties_dir):
     lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
     plot_headline(records, results_dir / f"{dataset}.png", dataset, headline)
+
+
+def short_commit(record):
+    return f"`{(record['git_commit'] or 'unknown')[:12]}`"
 
 
 def machine_label(record):

@@ -59,13 +59,13 @@ def id_table_adam(model, learning_rate, weight_decay=0.0):
     users = [model.collaborative_user_embedding.weight, model.content_user_embedding.weight]
     others = [parameter for parameter in model.trainable_parameters() if not any(parameter is user for user in users)]
     user_learning_rate = learning_rate * model.user_learning_rate_scale
+    # initial_lr: where the decay of finetune_lr_decay starts from
+    groups = [{"params": others, "lr": learning_rate, "initial_lr": learning_rate},
+              {"params": users, "lr": user_learning_rate, "initial_lr": user_learning_rate}]
     if model.user_table_updates == "lazy":
         if weight_decay:
             raise ValueError("user_table_updates: lazy takes no weight_decay (a lazy Adam has none); set weight_decay: 0")
-        return LazyUserRowsAdam(others, users, learning_rate, user_learning_rate, fused)
-    groups = [{"params": others}, {"params": users, "lr": user_learning_rate}]
-    for group in groups:
-        group["initial_lr"] = group.get("lr", learning_rate)  # the decay of finetune_lr_decay starts from here
+        return LazyUserRowsAdam(*groups, fused=fused)
     return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay, fused=fused)
 
 
@@ -81,11 +81,9 @@ class LazyUserRowsAdam:
     0.999, eps 1e-8); the bias correction counts every step, and eps is added before it (``SparseAdam``'s
     form), so a coordinate whose gradient is near eps takes a slightly smaller step than in ``Adam``."""
 
-    def __init__(self, dense_parameters, user_parameters, learning_rate, user_learning_rate, fused):
-        self.dense = torch.optim.Adam(dense_parameters, lr=learning_rate, fused=fused)
-        self.users = torch.optim.SparseAdam(user_parameters, lr=user_learning_rate)
-        for optimizer, rate in ((self.dense, learning_rate), (self.users, user_learning_rate)):
-            optimizer.param_groups[0]["initial_lr"] = rate  # the decay of finetune_lr_decay starts from here
+    def __init__(self, dense_group, user_group, fused):
+        self.dense = torch.optim.Adam([dense_group], fused=fused)
+        self.users = torch.optim.SparseAdam([user_group])
 
     @property
     def param_groups(self):
