@@ -8,6 +8,7 @@
 #                             recbole 1.2.1 and its small pure-Python needs (colorlog, texttable, thop), gguf
 #                             (optuna, sqlalchemy, alembic and mako only for a search)
 #   gguf.part.*               the bundled SmolLM2 GGUF (98 MB) split into parts: one call carries 64 MiB
+#                             (only CLLM4Rec needs it: a baseline search stages no parts)
 #   amazon-beauty.tar.xz      the dataset's atomic files
 # The pinned wheels go to $SITE (default /tmp/site) ahead of the machine's own packages on PYTHONPATH, so
 # compat.check_environment sees the same versions as on the CPU machines.
@@ -40,7 +41,7 @@ def report(**metrics):
 PY
 
 GGUF="$STAGE/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$GGUF" ]; then
+if [ ! -f "$GGUF" ] && compgen -G "$STAGE/gguf.part.*" >/dev/null; then
     cat "$STAGE"/gguf.part.* >"$GGUF.partial"
     echo "$GGUF_MD5  $GGUF.partial" | md5sum -c --quiet - || { echo "GGUF parts do not join to the bundled file" >&2; exit 1; }
     mv "$GGUF.partial" "$GGUF"
@@ -49,5 +50,9 @@ mkdir -p dataset
 [ -f dataset/amazon-beauty/amazon-beauty.inter ] || tar -C dataset -xJf "$STAGE/amazon-beauty.tar.xz"
 
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export CLLM4REC_GGUF="$GGUF"
+if [ -f "$GGUF" ]; then
+    export CLLM4REC_GGUF="$GGUF"
+else
+    echo "gpu_env.sh: no GGUF parts in $STAGE: the baselines run, CLLM4Rec needs the bundled LM" >&2
+fi
 set +euo pipefail
