@@ -7,7 +7,9 @@
 # and trains the best configuration into the table as <Model>-tuned. NEW_TRIALS_UNTIL_S is Optuna's --timeout: a
 # worker starts no trial after it. Every worker is stopped at LIMIT_S (default 540) so the call returns its files:
 # a trial cut off there has no verdict and is run again when the search resumes (on any machine, from the
-# trials.json this script brings back). One CPU thread a worker: the machine has 16 cores.
+# trials.json or SQLite file this script brings back in OUTPUT_DIR/search.tgz). One CPU thread a worker: the
+# machine has 16 cores. Session 17 (H200): RecVAE:10 LightGCN:5:240 finished RecVAE's 20 trials in 8 minutes,
+# and LightGCN's one trial (its epochs took ~13 s among 15 processes); RecVAE's final run then took 91 s alone.
 # Staged as scripts/gpu_env.sh says, without the GGUF parts.
 set -uo pipefail
 OUTPUT_DIR=${1:?usage: bash scripts/gpu_search.sh OUTPUT_DIR MODEL:WORKERS[:NEW_TRIALS_UNTIL_S] ...}
@@ -33,9 +35,15 @@ for spec in "$@"; do
     done
 done
 wait
+# One archive: a device call brings back only a few files, and the next call's copy of the working tree
+# removes what this one left under results/ (the SQLite studies under saved/ stay while the machine is warm).
+found=()
 for model in "${models[@]}"; do
-    mkdir -p "$OUTPUT_DIR/$model"
-    cp -r "results/$DATASET/tuning/$model/." "$OUTPUT_DIR/$model/" 2>/dev/null
-    cp "results/$DATASET/$model-tuned.json" "$OUTPUT_DIR/" 2>/dev/null \
+    for path in "results/$DATASET/tuning/$model" "results/$DATASET/$model-tuned.json" "saved/optuna/$DATASET/$model.db"; do
+        [ -e "$path" ] && found+=("$path")
+    done
+    [ -e "results/$DATASET/$model-tuned.json" ] \
         || echo "$model: no tuned run within the limit (see $model-worker-*.log)" | tee -a "$OUTPUT_DIR/gpu.txt"
 done
+tar czf "$OUTPUT_DIR/search.tgz" --exclude=search.tgz "${found[@]}" -C "$OUTPUT_DIR" .
+echo "unpack here with: tar xzf search.tgz (logs and gpu.txt land in the current folder)" | tee -a "$OUTPUT_DIR/gpu.txt"
