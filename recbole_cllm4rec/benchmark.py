@@ -443,7 +443,9 @@ def rebuild_tables(dataset, results_dir, properties_dir):
 
 
 def short_commit(record):
-    return f"`{(record['git_commit'] or 'unknown')[:12]}`"
+    """The commit's first 12 digits, keeping ``-dirty``: a row run from uncommitted changes must say so."""
+    commit, dirty, _ = (record["git_commit"] or "unknown").partition("-dirty")
+    return f"`{commit[:12]}{dirty}`"
 
 
 def machine_label(record):

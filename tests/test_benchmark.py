@@ -123,13 +123,15 @@ def test_rows_of_another_seed_stand_apart_from_the_protocols_table(tmp_path):
         test = {"recall@20": recall, "recall@40": recall + 0.05, "ndcg@100": recall / 2}
         (folder / f"{label}.json").write_text(json.dumps({
             "label": label, "seed": seed, "test": test, "valid_metric": "ndcg@100", "best_valid_score": 0.05,
-            "config_files": [], "wall_time_s": 1.0, "peak_memory_gib": 0.1, "git_commit": "0123456789ab",
-            "machine": {"torch_threads": 1}}))
+            "config_files": [], "wall_time_s": 1.0, "peak_memory_gib": 0.1,
+            "git_commit": "0123456789abcdef" + ("-dirty" if label == "B" else ""), "machine": {"torch_threads": 1}}))
     benchmark.rebuild_tables("toy", tmp_path / "results", properties)
     table = (tmp_path / "results" / "toy.md").read_text()
     protocol_part, other_part = table.split("## Other seeds")
     assert "| B | **0.1200** |" in protocol_part  # best of the protocol's seed, not of the other split
     assert "A-seed-7" not in protocol_part and "| A-seed-7 | 7 | 0.3000 |" in other_part
+    provenance = protocol_part.split("## Provenance")[1]
+    assert "`0123456789ab-dirty` |" in provenance and "`0123456789ab` |" in provenance  # B ran from uncommitted changes
     rows = list(csv.reader(open(tmp_path / "results" / "toy.csv")))
     assert rows[0][-1] == "seed" and {(row[0], row[-1]) for row in rows[1:]} == {
         ("A", str(protocol["seed"])), ("B", str(protocol["seed"])), ("A-seed-7", "7")}
