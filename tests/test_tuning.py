@@ -205,3 +205,28 @@ def test_pruning_waits_for_three_complete_curves_at_the_epoch():
     assert not trial.should_prune()
     finished({step: 0.2 for step in range(6)}, value=0.2)
     assert trial.should_prune()  # below the median of three curves at epoch 3
+
+
+def test_interrupted_curves_count_for_the_epochs_they_reached_pruned_and_errored_ones_do_not():
+    study = optuna.create_study(direction="maximize", pruner=tuning.CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    space = tuning.distributions(SPACE)
+
+    def finished(curve, state, value=None, user_attrs=None):
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 8}, distributions=space,
+                                                  intermediate_values=curve, state=state, value=value,
+                                                  user_attrs=user_attrs or {}))
+
+    finished({step: 0.5 for step in range(6)}, optuna.trial.TrialState.COMPLETE, value=0.5)
+    finished({step: 0.9 for step in range(6)}, optuna.trial.TrialState.PRUNED)  # stopped for its scores
+    finished({step: 0.9 for step in range(6)}, optuna.trial.TrialState.FAIL, user_attrs={"error": "NaN loss"})
+    trial = study.ask()
+    for step in range(4):
+        trial.report(0.3, step)
+    assert not trial.should_prune()  # one usable curve
+    finished({step: 0.4 for step in range(3)}, optuna.trial.TrialState.FAIL)  # cut off before epoch 3
+    assert not trial.should_prune()
+    finished({step: 0.4 for step in range(5)}, optuna.trial.TrialState.FAIL)  # cut off after epoch 4
+    finished({step: 0.2 for step in range(6)}, optuna.trial.TrialState.FAIL)
+    assert trial.should_prune()  # 0.3 below the median of 0.5, 0.4 and 0.2 at epoch 3
+    assert tuning.interrupted(study.trials[-1]) and not tuning.interrupted(study.trials[2])
+    assert not tuning.reached_verdict(study.trials[-1]) and tuning.reached_verdict(study.trials[2])
