@@ -8,7 +8,8 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 (e.g. ``properties/hyper/CLLM4Rec-cpu.yaml``: without the content LM, the content knobs do nothing). The study lives in SQLite
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
-marked failed when the search resumes, and the search runs only the trials still missing. After every
+marked failed when the search resumes, and the search runs only the trials still missing, beginning with the
+configurations the interrupted trials left unjudged. After every
 trial the study is written to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts,
 every epoch's validation score, the metrics); a new storage (a fresh checkout: the SQLite file is not in
 git) starts from the trials with a verdict recorded there for the same study name and search space, so a
@@ -18,7 +19,8 @@ workers on one study (the same command started more than once, here or on other 
 ``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
 
 Every epoch's validation score reaches the trial through the trainer's ``callback_fn`` (RecBole's
-trainers and CLLM4Rec's finetuning stage alike), and Optuna's median pruner stops unpromising trials.
+trainers and CLLM4Rec's finetuning stage alike), and a median pruner stops unpromising trials: below the median
+of the complete and interrupted trials' scores at the same epoch, once three curves reach it.
 A trial that raises (out of memory, NaN loss) is recorded as failed and the search goes on.
 Outputs in ``results/<dataset>/tuning/<Model>/``: ``best.yaml`` (usable with --config_files),
 ``trials.csv``, ``history.png``, ``importance.png``; then the best configuration is trained again and
@@ -207,6 +209,25 @@ def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=
     )
 
 
+def queue_interrupted_configurations(study, limit):
+    """Queue again, up to ``limit``, the configurations that only interrupted trials hold (cut off by a time
+    limit or a killed worker, so they never got a verdict), oldest first; returns how many were queued. Without
+    this a resumed search draws new ones and a cut-off configuration is never judged: TPE learns nothing from a
+    failed trial, so the one LightGCN configuration still rising when a device call's limit cut it off (0.078 at
+    epoch 59) would have been lost. Configurations already judged, running or queued are not queued again."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {configuration(trial.system_attrs.get("fixed_params", trial.params)) for trial in trials
+               if not interrupted(trial)}
+    queued = 0
+    for trial in trials:
+        key = configuration(trial.params)
+        if queued < limit and interrupted(trial) and trial.params and key not in settled:
+            study.enqueue_trial(trial.params, user_attrs={"repeats_interrupted_trial": trial.number})
+            settled.add(key)
+            queued += 1
+    return queued
+
+
 def trial_record(trial):
     return {"number": trial.number, "state": trial.state.name, "value": trial.value, "params": trial.params,
             "distributions": {name: optuna.distributions.distribution_to_json(distribution)
@@ -348,15 +369,17 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     output = Path(results_dir) / dataset / "tuning" / model
     logger = optuna.logging.get_logger("optuna.recbole_cllm4rec")  # RecBole's logger is set up only per trial
     output.mkdir(parents=True, exist_ok=True)
-    with open(output / ".restore.lock", "w") as lock:  # two workers starting on a new storage restore once
+    with open(output / ".restore.lock", "w") as lock:  # workers starting together restore and queue once
         fcntl.flock(lock, fcntl.LOCK_EX)
         restored = restore_recorded_trials(study, output, space, default_study_name=f"{dataset}-{model}")
+        fail_stale_trials(study)
+        done = sum(reached_verdict(trial) for trial in study.trials)
+        remaining = max(n_trials - done, 0)
+        queued = queue_interrupted_configurations(study, remaining)
     if restored:
         logger.info(f"Optuna study {study.study_name}: a new storage, {restored} trials restored from {display_path(output)}")
-    fail_stale_trials(study)
-    done = sum(reached_verdict(trial) for trial in study.trials)
-    remaining = max(n_trials - done, 0)
-    logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more")
+    logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more"
+                + (f", first {queued} configurations that interrupted trials left unfinished" if queued else ""))
 
     def objective(trial):
         params = suggest(trial, space)

@@ -170,18 +170,38 @@ def test_recorded_trials_of_another_space_or_study_are_not_mixed_in(data_root, p
     assert len(study.trials) == 1 and "restored_from" not in study.user_attrs
 
 
-def test_restored_trials_keep_their_numbers_so_the_next_trial_draws_afresh(data_root, properties, tmp_path):  # noqa: F811
+def test_restored_trials_keep_their_numbers_and_cut_off_configurations_run_again(data_root, properties, tmp_path):  # noqa: F811
     output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
     recorded = recorded_study(tmp_path)
     running = recorded.ask()  # recorded while another worker was still running it
     running.suggest_float("learning_rate", 0.001, 0.05, log=True)
     running.suggest_categorical("embedding_size", [8, 16])
     tuning.write_trials(recorded, output, tmp_path / "space.yaml")
-    study = search(data_root, properties, tmp_path, 3, final_run=False)
-    assert [trial.number for trial in study.trials] == [0, 1, 2, 3, 4]  # the failed and the running one kept
-    assert [trial.state.name for trial in study.trials[:4]] == ["COMPLETE", "PRUNED", "FAIL", "FAIL"]
-    assert study.trials[4].state.name == "COMPLETE"  # the third verdict, seeded by its own number 4
+    study = search(data_root, properties, tmp_path, 4, final_run=False)
+    assert [trial.number for trial in study.trials] == [0, 1, 2, 3, 4, 5]  # the failed and the running one kept
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert [trial.params for trial in study.trials[:4]] == [trial.params for trial in recorded.trials]
+    # both cut off, neither judged: their configurations are the next two trials, oldest first
+    assert [trial.params for trial in study.trials[4:]] == [trial.params for trial in recorded.trials[2:4]]
+    assert [trial.user_attrs["repeats_interrupted_trial"] for trial in study.trials[4:]] == [2, 3]
+    assert tuning.queue_interrupted_configurations(study, 5) == 0  # judged now
+
+
+def test_only_as_many_cut_off_configurations_are_queued_as_trials_remain(tmp_path):
+    study = recorded_study(tmp_path)  # trial 2 was cut off
+    for error in (None, "NaN loss", None):  # trials 3 and 5 cut off, trial 4 failed by its own error
+        trial = study.ask()
+        trial.suggest_float("learning_rate", 0.001, 0.05, log=True)
+        trial.suggest_categorical("embedding_size", [8, 16])
+        if error:
+            trial.set_user_attr("error", error)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert tuning.queue_interrupted_configurations(study, 2) == 2
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [trial.system_attrs["fixed_params"] for trial in waiting] == [study.trials[2].params, study.trials[3].params]
+    assert tuning.queue_interrupted_configurations(study, 5) == 1  # trial 5's: not the queued two again, not trial 4's
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert waiting[-1].system_attrs["fixed_params"] == study.trials[5].params
 
 
 def test_pruning_waits_for_three_complete_curves_at_the_epoch():
