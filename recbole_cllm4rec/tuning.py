@@ -176,7 +176,7 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
         if step is None or step < self.n_warmup_steps:
             return False
         scores = [other.intermediate_values[step] for other in study.get_trials(deepcopy=False)
-                  if other.number != trial.number and step in other.intermediate_values
+                  if step in other.intermediate_values
                   and (other.state == optuna.trial.TrialState.COMPLETE or interrupted(other))
                   and not math.isnan(other.intermediate_values[step])]
         if len(scores) < self.n_startup_trials:

@@ -18,16 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import HEADLINE_METRICS  # noqa: E402
+from recbole_cllm4rec.benchmark import HEADLINE_METRICS, short_commit  # noqa: E402
 
 
 def load_family(text):
     name, _, paths = text.partition("=")
     if not name or not paths:
         raise SystemExit(f"--family takes NAME=RECORD[,RECORD...], got {text!r}")
-    records = [json.loads(Path(path).read_text(encoding="utf-8")) for path in paths.split(",")]
     by_seed = {}
-    for path, record in zip(paths.split(","), records):
+    for path in paths.split(","):
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
         if record["seed"] in by_seed:
             raise SystemExit(f"{name}: two records at seed {record['seed']} ({path})")
         by_seed[record["seed"]] = record
@@ -61,7 +61,7 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     families = [load_family(text) for text in arguments.family]
     sources = "\n".join(f"- {name}: " + ", ".join(f"seed {seed} `{record['label']}` ({record['machine'].get('gpu') or 'CPU'}, "
-                                                   f"commit {str(record['git_commit'])[:7]})"
+                                                   f"commit {short_commit(record)})"
                                                    for seed, record in sorted(by_seed.items()))
                         for name, by_seed in families)
     command = "python scripts/seed_table.py " + " ".join(f"'--family={text}'" for text in arguments.family) + \
