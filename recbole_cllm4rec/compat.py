@@ -22,6 +22,13 @@ G. ``ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``: two 
    with ``FileExistsError`` (seen in CI: the two-process gloo test, about one run in several).
    -> ``ensure_dir`` is replaced, in every module that imported it, by ``os.makedirs(exist_ok=True)``.
 
+H. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` when it
+   is imported, and ``get_model`` imports every sequential model to find any one of them: from then on the
+   whole process runs with autograd's debugging mode, which checks every gradient for NaN (and on a GPU
+   waits for each check). SASRec's training step on the 2-core CPU spent a quarter of its time there.
+   -> the sequential models are imported once, now, and anomaly detection is put back as it was. Metrics
+      are unchanged (the mode only inspects); a NaN loss still stops RecBole's trainer, which checks it.
+
 ``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
 an upgrade): a clear error is better than RecBole's crash or, for pandas 3, silently wrong metrics.
 
@@ -234,6 +241,12 @@ def _patch_ensure_dir():
             module.ensure_dir = ensure_dir
 
 
+def _undo_sine_anomaly_detection():
+    enabled = torch.is_anomaly_enabled()
+    importlib.import_module("recbole.model.sequential_recommender")
+    torch.autograd.set_detect_anomaly(enabled)
+
+
 def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
     """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
     name = model_class.__name__
@@ -254,4 +267,5 @@ def apply():
     _patch_config_defaults()
     _patch_cpu_distributed()
     _patch_ensure_dir()
+    _undo_sine_anomaly_detection()
     _applied = True

@@ -1,4 +1,4 @@
-"""Each RecBole 1.2.1 crash cause (A-G of the compatibility note and of compat.py) is handled; each test fails without its fix."""
+"""Each RecBole 1.2.1 crash cause (A-H of the compatibility note and of compat.py) is handled; each test fails without its fix."""
 
 import importlib.metadata
 import os
@@ -85,3 +85,12 @@ def test_cause_g_ensure_dir_survives_a_folder_made_by_another_process(monkeypatc
     for name in compat.ENSURE_DIR_IMPORTERS:
         importlib.import_module(name).ensure_dir(os.fspath(tmp_path))
     assert tmp_path.is_dir()
+
+
+def test_cause_h_finding_a_sequential_model_leaves_anomaly_detection_off():
+    """RecBole's SINE module turns autograd's anomaly detection on for the whole process when imported."""
+    from recbole.utils import get_model
+
+    get_model("SINE")
+    get_model("SASRec")
+    assert not torch.is_anomaly_enabled()
