@@ -9,11 +9,12 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
 marked failed when the search resumes, and the search runs only the trials still missing, beginning with the
-configurations the interrupted trials left unjudged. After every
-trial the study is written to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts,
-every epoch's validation score, the metrics); a new storage (a fresh checkout: the SQLite file is not in
-git) starts from the trials with a verdict recorded there for the same study name and search space, so a
-search can go on across machines and sessions (``trials.csv`` of older searches serves where there is
+configurations the interrupted trials left unjudged. After every epoch and every trial the study is written
+to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts, every epoch's validation score,
+the metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs
+its trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git)
+starts from the trials recorded there for the same study name and search space, so a search can go on across
+machines and sessions (``trials.csv`` of older searches serves where there is
 no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
 workers on one study (the same command started more than once, here or on other machines) share
 ``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
@@ -146,9 +147,10 @@ def suggest(trial, space):
     return params
 
 
-def pruning_callback(trial):
+def pruning_callback(trial, after_report=lambda: None):
     def report(epoch, valid_score):
         trial.report(float(valid_score), epoch)
+        after_report()
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (valid {valid_score:.4f})")
 
@@ -386,7 +388,8 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         try:
             record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
                                    config_files=config_files, config_dict={**config_dict, **params},
-                                   recbole_arguments=recbole_arguments, callback_fn=pruning_callback(trial), write=False)
+                                   recbole_arguments=recbole_arguments, write=False,
+                                   callback_fn=pruning_callback(trial, lambda: write_trials(study, output, space_path)))
         except TRIAL_ERRORS as error:
             trial.set_user_attr("error", repr(error))
             raise
@@ -395,8 +398,12 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         return record["best_valid_score"]
 
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
-                       callbacks=[record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
+        try:
+            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
+                           callbacks=[record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
+        except KeyboardInterrupt:
+            write_trials(study, output, space_path)  # the cut-off trial as failed, with every epoch it reached
+            raise
     fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
     if any(trial.state == optuna.trial.TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
         logger.info("Other workers are still running trials of this study: the last one to finish writes the "

@@ -36,19 +36,28 @@ def test_three_trials_outputs_and_tuned_row(data_root, properties, tmp_path):  #
 
 
 def test_resume_after_interruption_runs_only_missing_trials(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
-    original_run, calls = tuning.benchmark.run, []
+    original_run, calls, seen_while_running = tuning.benchmark.run, [], []
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
 
-    def interrupted_run(*args, **kwargs):
+    def interrupted_run(*args, callback_fn, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original_run(*args, **kwargs)
+
+        def report_then_stop(epoch, valid_score):  # Ctrl-C during the second trial's second epoch
+            callback_fn(epoch, valid_score)
+            if len(calls) == 2 and epoch == 1:
+                seen_while_running.append(json.loads((output / "trials.json").read_text()))  # what a kill -9 leaves
+                raise KeyboardInterrupt
+
+        return original_run(*args, callback_fn=report_then_stop, **kwargs)
 
     monkeypatch.setattr(tuning.benchmark, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         search(data_root, properties, tmp_path, 3, final_run=False)
-    recorded = json.loads((tmp_path / "results" / "tiny" / "tuning" / "BPR" / "trials.json").read_text())
-    assert [trial["state"] for trial in recorded["trials"]] == ["COMPLETE"]  # written as each trial ends
+    running = seen_while_running[0]["trials"][1]
+    assert running["state"] == "RUNNING" and list(running["intermediate_values"]) == ["0", "1"]  # written every epoch
+    recorded = json.loads((output / "trials.json").read_text())
+    assert [trial["state"] for trial in recorded["trials"]] == ["COMPLETE", "FAIL"]
+    assert list(recorded["trials"][1]["intermediate_values"]) == ["0", "1"]  # the epochs the cut-off trial reached
     monkeypatch.setattr(tuning.benchmark, "run", original_run)
     study = search(data_root, properties, tmp_path, 3, final_run=False)
     verdicts = [trial for trial in study.trials if tuning.reached_verdict(trial)]
