@@ -21,7 +21,8 @@ workers on one study (the same command started more than once, here or on other 
 
 Every epoch's validation score reaches the trial through the trainer's ``callback_fn`` (RecBole's
 trainers and CLLM4Rec's finetuning stage alike), and a median pruner stops unpromising trials: below the median
-of the complete and interrupted trials' scores at the same epoch, once three curves reach it.
+of the complete and interrupted trials' scores at the same epoch, once three other configurations' curves reach
+it; a cut-off configuration that the rule stops on its recorded epochs is judged pruned without a second run.
 A trial that raises (out of memory, NaN loss) is recorded as failed and the search goes on.
 Outputs in ``results/<dataset>/tuning/<Model>/``: ``best.yaml`` (usable with --config_files),
 ``trials.csv``, ``history.png``, ``importance.png``; then the best configuration is trained again and
@@ -159,10 +160,10 @@ def pruning_callback(trial, after_report=lambda: None):
 
 class CurveMedianPruner(optuna.pruners.BasePruner):
     """Optuna's median rule (stop a trial whose best score so far is below the median of the other trials' scores
-    at its epoch), applied at an epoch only once ``n_startup_trials`` curves reach it, and never before epoch
-    ``n_warmup_steps``. The curves are those of complete trials and of interrupted ones for the epochs they
-    reached: a trial cut off by a device call's time limit measured its first epochs like any other, and was not
-    stopped for its scores (pruned trials are left out, as Optuna leaves them out: they were). Optuna's own rule
+    at its epoch), applied at an epoch only once the curves of ``n_startup_trials`` other configurations reach it,
+    and never before epoch ``n_warmup_steps``. The curves are those of complete trials and of interrupted ones for
+    the epochs they reached: a trial cut off by a device call's time limit measured its first epochs like any
+    other, and was not stopped for its scores (pruned trials are left out, as Optuna leaves them out: they were). Optuna's own rule
     counts complete trials with or without scores: trials restored from an older ``trials.csv`` have none, and a
     search resumed from it pruned every new trial that fell below the one curve it had (12 of MultiDAE's 13 new
     trials); and it ignores interrupted trials, so LightGCN's search, four of whose first five trials a device
@@ -175,21 +176,43 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
 
     def prune(self, study, trial):
         step = trial.last_step
-        if step is None or step < self.n_warmup_steps:
+        return step is not None and self.stops(study, trial, step)
+
+    def first_stopping_epoch(self, study, trial):
+        """The first epoch of a recorded curve at which this rule stops it, with the curves the study holds now;
+        None where it runs through (a seeded run of the same configuration repeats the curve, so a cut-off
+        configuration stopped here needs no second run to be judged)."""
+        return next((step for step in sorted(trial.intermediate_values) if self.stops(study, trial, step)), None)
+
+    def stops(self, study, trial, step):
+        if step < self.n_warmup_steps:
             return False
-        scores = [other.intermediate_values[step] for other in study.get_trials(deepcopy=False)
-                  if step in other.intermediate_values
-                  and (other.state == optuna.trial.TrialState.COMPLETE or interrupted(other))
-                  and not math.isnan(other.intermediate_values[step])]
+        scores = self.comparison_scores(study, step, configuration(trial.params))
         if len(scores) < self.n_startup_trials:
             return False
-        own = [value for value in trial.intermediate_values.values() if not math.isnan(value)]
+        own = [value for epoch, value in trial.intermediate_values.items() if epoch <= step and not math.isnan(value)]
         if not own:
             return True
         median = statistics.median(scores)
         if study.direction == optuna.study.StudyDirection.MAXIMIZE:
             return max(own) < median
         return min(own) > median
+
+    @staticmethod
+    def comparison_scores(study, step, own_configuration):
+        """One score at ``step`` for each other configuration, from its latest complete or interrupted trial that
+        reached it: a configuration run again after an interruption repeats its curve, and neither counts twice
+        nor sets a median for itself. Configurations with a pruned trial are left out like their trials."""
+        trials = study.get_trials(deepcopy=False)
+        pruned = {configuration(trial.params) for trial in trials if trial.state == optuna.trial.TrialState.PRUNED}
+        scores = {}
+        for other in trials:
+            key = configuration(other.params)
+            value = other.intermediate_values.get(step)
+            if (value is not None and not math.isnan(value) and key != own_configuration and key not in pruned
+                    and (other.state == optuna.trial.TrialState.COMPLETE or interrupted(other))):
+                scores[key] = value
+        return list(scores.values())
 
 
 def default_storage(dataset, model):
@@ -211,23 +234,51 @@ def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=
     )
 
 
+def unjudged_configurations(study):
+    """The interrupted trials whose configuration no other trial holds (complete, pruned, failed by its own error,
+    running, queued), the one that ran longest for each configuration, oldest configuration first."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {configuration(trial.system_attrs.get("fixed_params", trial.params)) for trial in trials
+               if not interrupted(trial)}
+    longest = {}
+    for trial in trials:
+        key = configuration(trial.params)
+        if interrupted(trial) and trial.params and key not in settled:
+            if key not in longest or len(trial.intermediate_values) >= len(longest[key].intermediate_values):
+                longest[key] = trial
+    return list(longest.values())
+
+
+def prune_interrupted_configurations(study):
+    """Judge each cut-off configuration by the epochs it reached before running it again: where the pruner stops
+    its recorded curve against the curves the study holds now, add a pruned trial with that curve up to that epoch
+    (``pruned_on_curve_of`` names the trial it comes from). A slow configuration can take longer than a session
+    holds a worker (a SASRec epoch takes 6.4 minutes on one core of this CPU, and early stopping waits 10 epochs),
+    and run again from scratch in every session it would never be judged. Returns how many were judged."""
+    if not isinstance(study.pruner, CurveMedianPruner):
+        return 0
+    judged = 0
+    for trial in unjudged_configurations(study):
+        epoch = study.pruner.first_stopping_epoch(study, trial)
+        if epoch is not None:
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.PRUNED, params=trial.params, distributions=trial.distributions,
+                intermediate_values={step: value for step, value in trial.intermediate_values.items() if step <= epoch},
+                user_attrs={"pruned_on_curve_of": trial.number}))
+            judged += 1
+    return judged
+
+
 def queue_interrupted_configurations(study, limit):
     """Queue again, up to ``limit``, the configurations that only interrupted trials hold (cut off by a time
     limit or a killed worker, so they never got a verdict), oldest first; returns how many were queued. Without
     this a resumed search draws new ones and a cut-off configuration is never judged: TPE learns nothing from a
     failed trial, so the one LightGCN configuration still rising when a device call's limit cut it off (0.078 at
     epoch 59) would have been lost. Configurations already judged, running or queued are not queued again."""
-    trials = study.get_trials(deepcopy=False)
-    settled = {configuration(trial.system_attrs.get("fixed_params", trial.params)) for trial in trials
-               if not interrupted(trial)}
-    queued = 0
-    for trial in trials:
-        key = configuration(trial.params)
-        if queued < limit and interrupted(trial) and trial.params and key not in settled:
-            study.enqueue_trial(trial.params, user_attrs={"repeats_interrupted_trial": trial.number})
-            settled.add(key)
-            queued += 1
-    return queued
+    unjudged = unjudged_configurations(study)[:limit]
+    for trial in unjudged:
+        study.enqueue_trial(trial.params, user_attrs={"repeats_interrupted_trial": trial.number})
+    return len(unjudged)
 
 
 def trial_record(trial):
@@ -375,11 +426,14 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         fcntl.flock(lock, fcntl.LOCK_EX)
         restored = restore_recorded_trials(study, output, space, default_study_name=f"{dataset}-{model}")
         fail_stale_trials(study)
+        judged = prune_interrupted_configurations(study)
         done = sum(reached_verdict(trial) for trial in study.trials)
         remaining = max(n_trials - done, 0)
         queued = queue_interrupted_configurations(study, remaining)
     if restored:
         logger.info(f"Optuna study {study.study_name}: a new storage, {restored} trials restored from {display_path(output)}")
+    if judged:
+        logger.info(f"Optuna study {study.study_name}: {judged} cut-off configurations pruned on their recorded epochs")
     logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more"
                 + (f", first {queued} configurations that interrupted trials left unfinished" if queued else ""))
 

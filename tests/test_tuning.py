@@ -67,8 +67,8 @@ def test_resume_after_interruption_runs_only_missing_trials(data_root, propertie
 
 def test_bad_trial_is_pruned_and_failures_recorded(data_root, properties, tmp_path):  # noqa: F811
     study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
-    for _ in range(3):
-        study.enqueue_trial({"learning_rate": 0.05, "embedding_size": 16})
+    for learning_rate in (0.05, 0.04, 0.03):  # three configurations: one run three times would be one curve
+        study.enqueue_trial({"learning_rate": learning_rate, "embedding_size": 16})
     study.enqueue_trial({"learning_rate": 0.001, "embedding_size": 8})  # learns nothing in 4 epochs
     search(data_root, properties, tmp_path, 4, final_run=False)
     study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
@@ -213,13 +213,17 @@ def test_only_as_many_cut_off_configurations_are_queued_as_trials_remain(tmp_pat
     assert waiting[-1].system_attrs["fixed_params"] == study.trials[5].params
 
 
+def configuration_number(n):
+    return {"learning_rate": 0.001 * (n + 1), "embedding_size": 8}
+
+
 def test_pruning_waits_for_three_complete_curves_at_the_epoch():
     pruner = tuning.CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2)
     study = optuna.create_study(direction="maximize", pruner=pruner)
     space = tuning.distributions(SPACE)
 
     def finished(curve, **kwargs):
-        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 8},
+        study.add_trial(optuna.trial.create_trial(params=configuration_number(len(study.trials)),
                                                   distributions=space, intermediate_values=curve, **kwargs))
 
     for value in (0.5, 0.6, 0.7):  # restored from trials.csv: complete, but no curves
@@ -241,7 +245,7 @@ def test_interrupted_curves_count_for_the_epochs_they_reached_pruned_and_errored
     space = tuning.distributions(SPACE)
 
     def finished(curve, state, value=None, user_attrs=None):
-        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 0.01, "embedding_size": 8}, distributions=space,
+        study.add_trial(optuna.trial.create_trial(params=configuration_number(len(study.trials)), distributions=space,
                                                   intermediate_values=curve, state=state, value=value,
                                                   user_attrs=user_attrs or {}))
 
@@ -259,3 +263,55 @@ def test_interrupted_curves_count_for_the_epochs_they_reached_pruned_and_errored
     assert trial.should_prune()  # 0.3 below the median of 0.5, 0.4 and 0.2 at epoch 3
     assert tuning.interrupted(study.trials[-1]) and not tuning.interrupted(study.trials[2])
     assert not tuning.reached_verdict(study.trials[-1]) and tuning.reached_verdict(study.trials[2])
+
+
+def test_a_configuration_run_again_is_one_curve_and_never_its_own_comparator():
+    study = optuna.create_study(direction="maximize", pruner=tuning.CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    space = tuning.distributions(SPACE)
+
+    def finished(params, curve, state=optuna.trial.TrialState.COMPLETE):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, intermediate_values=curve,
+                                                  state=state, value=curve[5] if state.name == "COMPLETE" else None))
+
+    first, second, third = (configuration_number(n) for n in range(3))
+    finished(first, {step: 0.5 for step in range(6)})
+    finished(first, {step: 0.5 for step in range(6)}, optuna.trial.TrialState.FAIL)  # cut off when run again
+    finished(second, {step: 0.4 for step in range(6)})
+    study.enqueue_trial(configuration_number(5))
+    trial = study.ask()
+    tuning.suggest(trial, SPACE)
+    for step in range(4):
+        trial.report(0.3, step)
+    assert not trial.should_prune()  # two configurations, however many runs
+    finished(third, {step: 0.2 for step in range(6)})
+    assert trial.should_prune()  # 0.3 below the median of 0.5, 0.4 and 0.2
+    study.enqueue_trial(second)
+    rerun = study.ask()
+    tuning.suggest(rerun, SPACE)
+    for step in range(4):
+        rerun.report(0.35, step)
+    assert not rerun.should_prune()  # its own earlier 0.4 is not a comparator: 0.5 and 0.2 are two
+
+
+def test_cut_off_configuration_below_the_median_is_pruned_on_its_recorded_curve(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    recorded = optuna.create_study(study_name="tiny-BPR", storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
+    space = tuning.distributions(SPACE)
+
+    def finished(n, curve, state):
+        recorded.add_trial(optuna.trial.create_trial(params=configuration_number(n), distributions=space, state=state,
+                                                     value=curve[max(curve)] if state.name == "COMPLETE" else None,
+                                                     intermediate_values=curve))
+
+    for n, score in enumerate((0.5, 0.4, 0.3)):
+        finished(n, {step: score for step in range(6)}, optuna.trial.TrialState.COMPLETE)
+    finished(3, {0: 0.1, 1: 0.2, 2: 0.2, 3: 0.35}, optuna.trial.TrialState.FAIL)  # below 0.4 from epoch 2 on
+    finished(4, {step: 0.45 for step in range(4)}, optuna.trial.TrialState.FAIL)  # above it: still unjudged
+    finished(5, {0: 0.1, 1: 0.1}, optuna.trial.TrialState.FAIL)  # cut off before the pruner looks (epoch 2)
+    tuning.write_trials(recorded, output, tmp_path / "space.yaml")
+    study = search(data_root, properties, tmp_path, 5, final_run=False)
+    judged, run = study.trials[6:]  # three complete and one judged: one trial left to run
+    assert judged.state == optuna.trial.TrialState.PRUNED and judged.params == configuration_number(3)
+    assert judged.intermediate_values == {0: 0.1, 1: 0.2, 2: 0.2} and judged.user_attrs == {"pruned_on_curve_of": 3}
+    assert run.params == configuration_number(4) and run.user_attrs["repeats_interrupted_trial"] == 4
+    assert [trial.params for trial in tuning.unjudged_configurations(study)] == [configuration_number(5)]
