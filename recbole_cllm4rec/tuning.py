@@ -163,12 +163,12 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
     at its epoch), applied at an epoch only once the curves of ``n_startup_trials`` other configurations reach it,
     and never before epoch ``n_warmup_steps``. The curves are those of complete trials and of interrupted ones for
     the epochs they reached: a trial cut off by a device call's time limit measured its first epochs like any
-    other, and was not stopped for its scores (pruned trials are left out, as Optuna leaves them out: they were). Optuna's own rule
-    counts complete trials with or without scores: trials restored from an older ``trials.csv`` have none, and a
-    search resumed from it pruned every new trial that fell below the one curve it had (12 of MultiDAE's 13 new
-    trials); and it ignores interrupted trials, so LightGCN's search, four of whose first five trials a device
-    call's limit cut off after 53-68 epochs, had to run two more trials at lr ~2e-4 through all their ~300
-    epochs (100 minutes each on the CPU) before it could prune anything."""
+    other, and was not stopped for its scores (pruned trials are left out, as Optuna leaves them out: they were).
+    Optuna's own rule counts complete trials with or without scores: trials restored from an older ``trials.csv``
+    have none, and a search resumed from it pruned every new trial that fell below the one curve it had (12 of
+    MultiDAE's 13 new trials); and it ignores interrupted trials, so LightGCN's search, four of whose first five
+    trials a device call's limit cut off after 53-68 epochs, had to run two more trials at lr ~2e-4 through all
+    their ~300 epochs (100 minutes each on the CPU) before it could prune anything."""
 
     def __init__(self, n_startup_trials=3, n_warmup_steps=2):
         self.n_startup_trials = n_startup_trials
