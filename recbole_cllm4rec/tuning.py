@@ -9,7 +9,8 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
 marked failed when the search resumes, and the search runs only the trials still missing, beginning with the
-configurations the interrupted trials left unjudged. After every epoch and every trial the study is written
+configurations the interrupted trials left unjudged (those whose recorded epochs more curves could judge wait
+while there is room for new configurations, and are pruned on their record or queued as soon as the curves exist). After every epoch and every trial the study is written
 to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts, every epoch's validation score,
 the metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs
 its trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git)
@@ -184,6 +185,14 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
         configuration stopped here needs no second run to be judged)."""
         return next((step for step in sorted(trial.intermediate_values) if self.stops(study, trial, step)), None)
 
+    def waits_for_comparators(self, study, trial):
+        """Whether a recorded curve reaches the epochs this rule looks at but, with the curves the study holds
+        now, is compared at none of them: more curves could still judge it without running it again."""
+        steps = [step for step in trial.intermediate_values if step >= self.n_warmup_steps]
+        own_configuration = configuration(trial.params)
+        return bool(steps) and all(
+            len(self.comparison_scores(study, step, own_configuration)) < self.n_startup_trials for step in steps)
+
     def stops(self, study, trial, step):
         if step < self.n_warmup_steps:
             return False
@@ -271,14 +280,52 @@ def prune_interrupted_configurations(study):
 
 def queue_interrupted_configurations(study, limit):
     """Queue again, up to ``limit``, the configurations that only interrupted trials hold (cut off by a time
-    limit or a killed worker, so they never got a verdict), oldest first; returns how many were queued. Without
-    this a resumed search draws new ones and a cut-off configuration is never judged: TPE learns nothing from a
-    failed trial, so the one LightGCN configuration still rising when a device call's limit cut it off (0.078 at
-    epoch 59) would have been lost. Configurations already judged, running or queued are not queued again."""
-    unjudged = unjudged_configurations(study)[:limit]
+    limit or a killed worker, so they never got a verdict); returns how many were queued. Without this a
+    resumed search draws new ones and a cut-off configuration is never judged: TPE learns nothing from a failed
+    trial, so the one LightGCN configuration still rising when a device call's limit cut it off (0.078 at epoch
+    59) would have been lost. Configurations already judged, running or queued are not queued again.
+
+    A configuration whose recorded epochs the pruner could judge once more curves exist waits while the search
+    has room for new configurations (``limit`` above the number of cut-off ones): SASRec's search resumed with
+    three configurations, two of them cut off after 25 and 29 epochs of ~6.5 minutes on one core, and re-running
+    both first took the session's two workers for longer than the session, with no verdict; the curves of new
+    configurations can prune such a configuration on its record instead. Those the pruner has already compared
+    are queued first, then the oldest."""
+    unjudged = unjudged_configurations(study)
+    waiting = ({trial.number for trial in unjudged if study.pruner.waits_for_comparators(study, trial)}
+               if isinstance(study.pruner, CurveMedianPruner) else set())
+    if limit > len(unjudged):
+        unjudged = [trial for trial in unjudged if trial.number not in waiting]
+    unjudged = sorted(unjudged, key=lambda trial: trial.number in waiting)[:limit]
     for trial in unjudged:
         study.enqueue_trial(trial.params, user_attrs={"repeats_interrupted_trial": trial.number})
     return len(unjudged)
+
+
+def settle_cut_off_configurations(study, n_trials):
+    """Prune the cut-off configurations that the recorded curves now judge, and queue those to run again, as
+    many as the trials the study still misses once every running and queued trial has its verdict. Returns
+    (pruned, queued)."""
+    judged = prune_interrupted_configurations(study)
+    trials = study.get_trials(deepcopy=False)
+    pending = sum(trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING) for trial in trials)
+    missing = n_trials - sum(reached_verdict(trial) for trial in trials) - pending
+    return judged, queue_interrupted_configurations(study, missing) if missing > 0 else 0
+
+
+def settle_after_every_trial(n_trials, lock_path, logger):
+    """A finished trial adds a curve that may judge a cut-off configuration waiting for comparators."""
+
+    def callback(study, trial):
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fail_stale_trials(study)
+            judged, queued = settle_cut_off_configurations(study, n_trials)
+        if judged or queued:
+            logger.info(f"Optuna study {study.study_name}: after trial {trial.number}, {judged} cut-off configurations "
+                        f"pruned on their recorded epochs, {queued} queued to run again")
+
+    return callback
 
 
 def trial_record(trial):
@@ -422,20 +469,22 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     output = Path(results_dir) / dataset / "tuning" / model
     logger = optuna.logging.get_logger("optuna.recbole_cllm4rec")  # RecBole's logger is set up only per trial
     output.mkdir(parents=True, exist_ok=True)
-    with open(output / ".restore.lock", "w") as lock:  # workers starting together restore and queue once
+    lock_path = output / ".restore.lock"
+    with open(lock_path, "w") as lock:  # workers starting together restore and queue once
         fcntl.flock(lock, fcntl.LOCK_EX)
         restored = restore_recorded_trials(study, output, space, default_study_name=f"{dataset}-{model}")
         fail_stale_trials(study)
-        judged = prune_interrupted_configurations(study)
+        judged, queued = settle_cut_off_configurations(study, n_trials)
         done = sum(reached_verdict(trial) for trial in study.trials)
         remaining = max(n_trials - done, 0)
-        queued = queue_interrupted_configurations(study, remaining)
+        waiting = len(unjudged_configurations(study))
     if restored:
         logger.info(f"Optuna study {study.study_name}: a new storage, {restored} trials restored from {display_path(output)}")
     if judged:
         logger.info(f"Optuna study {study.study_name}: {judged} cut-off configurations pruned on their recorded epochs")
     logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more"
-                + (f", first {queued} configurations that interrupted trials left unfinished" if queued else ""))
+                + (f", first {queued} configurations that interrupted trials left unfinished" if queued else "")
+                + (f"; {waiting} cut-off configurations wait for the curves that could judge them" if waiting else ""))
 
     def objective(trial):
         params = suggest(trial, space)
@@ -454,7 +503,8 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     if remaining:
         try:
             study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
-                           callbacks=[record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
+                           callbacks=[settle_after_every_trial(n_trials, lock_path, logger),
+                                      record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
         except KeyboardInterrupt:
             write_trials(study, output, space_path)  # the cut-off trial as failed, with every epoch it reached
             raise

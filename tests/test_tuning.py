@@ -315,3 +315,43 @@ def test_cut_off_configuration_below_the_median_is_pruned_on_its_recorded_curve(
     assert judged.intermediate_values == {0: 0.1, 1: 0.2, 2: 0.2} and judged.user_attrs == {"pruned_on_curve_of": 3}
     assert run.params == configuration_number(4) and run.user_attrs["repeats_interrupted_trial"] == 4
     assert [trial.params for trial in tuning.unjudged_configurations(study)] == [configuration_number(5)]
+
+
+def recorded_curves(tmp_path, output, runs):
+    """A trials.json holding ``(configuration number, curve, state)`` runs."""
+    recorded = optuna.create_study(study_name="tiny-BPR", storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
+    space = tuning.distributions(SPACE)
+    for n, curve, state in runs:
+        recorded.add_trial(optuna.trial.create_trial(params=configuration_number(n), distributions=space, state=state,
+                                                     value=curve[max(curve)] if state.name == "COMPLETE" else None,
+                                                     intermediate_values=curve))
+    tuning.write_trials(recorded, output, tmp_path / "space.yaml")
+
+
+def test_cut_off_configuration_waits_for_the_curves_that_judge_it_then_runs_again(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    complete, cut_off = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    recorded_curves(tmp_path, output, [(0, {step: 0.0 for step in range(4)}, complete),
+                                       (1, {step: 0.0 for step in range(4)}, complete),
+                                       (2, {step: 1.0 for step in range(4)}, cut_off)])  # two comparators: unjudged
+    study = search(data_root, properties, tmp_path, 5, final_run=False)
+    new, rerun, last = study.trials[3:]
+    assert configuration_number(2) not in (new.params, last.params)  # a new configuration's curve came first
+    assert new.state == optuna.trial.TrialState.COMPLETE
+    assert rerun.params == configuration_number(2) and rerun.user_attrs["repeats_interrupted_trial"] == 2
+    assert tuning.unjudged_configurations(study) == []
+
+
+def test_cut_off_configurations_run_again_when_no_trials_are_left_for_new_ones(tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=tuning.CurveMedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    space = tuning.distributions(SPACE)
+    for n, state in enumerate((optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                               optuna.trial.TrialState.FAIL)):
+        study.add_trial(optuna.trial.create_trial(params=configuration_number(n), distributions=space, state=state,
+                                                  value=0.5 if state.name == "COMPLETE" else None,
+                                                  intermediate_values={step: 0.5 for step in range(4)}))
+    assert all(study.pruner.waits_for_comparators(study, trial) for trial in study.trials[1:])
+    assert tuning.settle_cut_off_configurations(study, 5) == (0, 0)  # three trials to go: room for new curves
+    assert tuning.settle_cut_off_configurations(study, 3) == (0, 2)  # two to go: both cut-off ones run again
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [trial.system_attrs["fixed_params"] for trial in waiting] == [configuration_number(1), configuration_number(2)]
