@@ -293,30 +293,6 @@ def test_a_configuration_run_again_is_one_curve_and_never_its_own_comparator():
     assert not rerun.should_prune()  # its own earlier 0.4 is not a comparator: 0.5 and 0.2 are two
 
 
-def test_cut_off_configuration_below_the_median_is_pruned_on_its_recorded_curve(data_root, properties, tmp_path):  # noqa: F811
-    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
-    recorded = optuna.create_study(study_name="tiny-BPR", storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
-    space = tuning.distributions(SPACE)
-
-    def finished(n, curve, state):
-        recorded.add_trial(optuna.trial.create_trial(params=configuration_number(n), distributions=space, state=state,
-                                                     value=curve[max(curve)] if state.name == "COMPLETE" else None,
-                                                     intermediate_values=curve))
-
-    for n, score in enumerate((0.5, 0.4, 0.3)):
-        finished(n, {step: score for step in range(6)}, optuna.trial.TrialState.COMPLETE)
-    finished(3, {0: 0.1, 1: 0.2, 2: 0.2, 3: 0.35}, optuna.trial.TrialState.FAIL)  # below 0.4 from epoch 2 on
-    finished(4, {step: 0.45 for step in range(4)}, optuna.trial.TrialState.FAIL)  # above it: still unjudged
-    finished(5, {0: 0.1, 1: 0.1}, optuna.trial.TrialState.FAIL)  # cut off before the pruner looks (epoch 2)
-    tuning.write_trials(recorded, output, tmp_path / "space.yaml")
-    study = search(data_root, properties, tmp_path, 5, final_run=False)
-    judged, run = study.trials[6:]  # three complete and one judged: one trial left to run
-    assert judged.state == optuna.trial.TrialState.PRUNED and judged.params == configuration_number(3)
-    assert judged.intermediate_values == {0: 0.1, 1: 0.2, 2: 0.2} and judged.user_attrs == {"pruned_on_curve_of": 3}
-    assert run.params == configuration_number(4) and run.user_attrs["repeats_interrupted_trial"] == 4
-    assert [trial.params for trial in tuning.unjudged_configurations(study)] == [configuration_number(5)]
-
-
 def recorded_curves(tmp_path, output, runs):
     """A trials.json holding ``(configuration number, curve, state)`` runs."""
     recorded = optuna.create_study(study_name="tiny-BPR", storage=f"sqlite:///{tmp_path / 'old.db'}", direction="maximize")
@@ -326,6 +302,22 @@ def recorded_curves(tmp_path, output, runs):
                                                      value=curve[max(curve)] if state.name == "COMPLETE" else None,
                                                      intermediate_values=curve))
     tuning.write_trials(recorded, output, tmp_path / "space.yaml")
+
+
+def test_cut_off_configuration_below_the_median_is_pruned_on_its_recorded_curve(data_root, properties, tmp_path):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    complete, cut_off = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    recorded_curves(tmp_path, output, [
+        *((n, {step: score for step in range(6)}, complete) for n, score in enumerate((0.5, 0.4, 0.3))),
+        (3, {0: 0.1, 1: 0.2, 2: 0.2, 3: 0.35}, cut_off),  # below 0.4 from epoch 2 on
+        (4, {step: 0.45 for step in range(4)}, cut_off),  # above it: still unjudged
+        (5, {0: 0.1, 1: 0.1}, cut_off)])  # cut off before the pruner looks (epoch 2)
+    study = search(data_root, properties, tmp_path, 5, final_run=False)
+    judged, run = study.trials[6:]  # three complete and one judged: one trial left to run
+    assert judged.state == optuna.trial.TrialState.PRUNED and judged.params == configuration_number(3)
+    assert judged.intermediate_values == {0: 0.1, 1: 0.2, 2: 0.2} and judged.user_attrs == {"pruned_on_curve_of": 3}
+    assert run.params == configuration_number(4) and run.user_attrs["repeats_interrupted_trial"] == 4
+    assert [trial.params for trial in tuning.unjudged_configurations(study)] == [configuration_number(5)]
 
 
 def test_cut_off_configuration_waits_for_the_curves_that_judge_it_then_runs_again(data_root, properties, tmp_path):  # noqa: F811
