@@ -10,10 +10,10 @@ Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
 marked failed when the search resumes, and the search runs only the trials still missing, beginning with the
 configurations the interrupted trials left unjudged (those whose recorded epochs more curves could judge wait
-while there is room for new configurations, and are pruned on their record or queued as soon as the curves exist). After every epoch and every trial the study is written
-to ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts, every epoch's validation score,
-the metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs
-its trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git)
+while there is room for new configurations, and are pruned on their record or queued as soon as the curves
+exist). After every epoch and every trial the study is written to
+``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts, every epoch's validation score, the
+metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs its trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git)
 starts from the trials recorded there for the same study name and search space, so a search can go on across
 machines and sessions (``trials.csv`` of older searches serves where there is
 no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
@@ -484,7 +484,8 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         logger.info(f"Optuna study {study.study_name}: {judged} cut-off configurations pruned on their recorded epochs")
     logger.info(f"Optuna study {study.study_name}: {done} trials finished, running {remaining} more"
                 + (f", first {queued} configurations that interrupted trials left unfinished" if queued else "")
-                + (f"; {waiting} cut-off configurations wait for the curves that could judge them" if waiting else ""))
+                + (f"; {waiting} cut-off configurations not queued yet (no room, or waiting for the curves that "
+                   f"could judge them)" if waiting else ""))
 
     def objective(trial):
         params = suggest(trial, space)
