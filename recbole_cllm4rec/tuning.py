@@ -13,8 +13,9 @@ configurations the interrupted trials left unjudged (those whose recorded epochs
 while there is room for new configurations, and are pruned on their record or queued as soon as the curves
 exist). After every epoch and every trial the study is written to
 ``results/<dataset>/tuning/<Model>/trials.json`` (parameters, verdicts, every epoch's validation score, the
-metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs its trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git)
-starts from the trials recorded there for the same study name and search space, so a search can go on across
+metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs its
+trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git) starts
+from the trials recorded there for the same study name and search space, so a search can go on across
 machines and sessions (``trials.csv`` of older searches serves where there is
 no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
 workers on one study (the same command started more than once, here or on other machines) share
