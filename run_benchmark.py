@@ -29,6 +29,9 @@ def parse_arguments(argv):
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite under saved/optuna/)")
     parser.add_argument("--study_name", default=None)
     parser.add_argument("--search_space", default=None, help="search space yaml (default: properties/hyper/<Model>.yaml)")
+    parser.add_argument("--final_run", choices=["reuse", "retrain", "none"], default="reuse",
+                        help="the <Model>-tuned row: the best trial's own run (reuse), its configuration trained "
+                             "again (retrain), or no row (none)")
     return parser.parse_known_args(argv)
 
 
@@ -44,7 +47,8 @@ def main(argv=None):
                 tune(model, arguments.dataset, n_trials=arguments.n_trials, timeout=arguments.timeout,
                      storage=arguments.storage, study_name=arguments.study_name, config_files=config_files,
                      config_dict=config_dict, recbole_arguments=recbole_arguments,
-                     search_space=arguments.search_space)
+                     search_space=arguments.search_space,
+                     final_run=None if arguments.final_run == "none" else arguments.final_run)
             else:
                 record = run(model, arguments.dataset, config_files=config_files, config_dict=config_dict,
                              recbole_arguments=recbole_arguments, download=arguments.download, label=arguments.label)

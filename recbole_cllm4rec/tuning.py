@@ -27,8 +27,11 @@ of the complete and interrupted trials' scores at the same epoch, once three oth
 it; a cut-off configuration that the rule stops on its recorded epochs is judged pruned without a second run.
 A trial that raises (out of memory, NaN loss) is recorded as failed and the search goes on.
 Outputs in ``results/<dataset>/tuning/<Model>/``: ``best.yaml`` (usable with --config_files),
-``trials.csv``, ``history.png``, ``importance.png``; then the best configuration is trained again and
-its test result enters the comparison table as ``<Model>-tuned``.
+``trials.csv``, ``history.png``, ``importance.png``; then the best trial's result enters the comparison table as
+``<Model>-tuned``. Every trial keeps its whole run record (commit, config, machine, curve, metrics), so by default
+(``--final_run=reuse``) the row is the best trial's own run, with no second training of the same seed and config;
+a best trial recorded without it (older searches) is trained again, as is every best trial with
+``--final_run=retrain``, which also logs whether the second run's validation score matches the trial's.
 """
 
 import ast
@@ -51,6 +54,8 @@ from recbole_cllm4rec import benchmark
 from recbole_cllm4rec.benchmark import PROJECT_ROOT, BenchmarkError
 
 TRIAL_ERRORS = (ValueError, RuntimeError, MemoryError, FloatingPointError)
+RUN = "run"  # the trial's user attribute holding its run record, less the metrics kept beside it
+FINAL_RUNS = ("reuse", "retrain")
 
 
 def interrupted(trial):
@@ -354,7 +359,8 @@ def write_trials(study, output, space_path):
               "search_space": display_path(space_path),
               "trials": [trial_record(trial) for trial in study.get_trials(deepcopy=False)]}
     replace_atomically(output / "trials.json", json.dumps(record, indent=1) + "\n")
-    replace_atomically(output / "trials.csv", study.trials_dataframe().to_csv(index=False))
+    table = study.trials_dataframe().drop(columns=f"user_attrs_{RUN}", errors="ignore")  # in trials.json
+    replace_atomically(output / "trials.csv", table.to_csv(index=False))
 
 
 def record_every_trial(output, space_path):
@@ -461,8 +467,11 @@ def restore_recorded_trials(study, output, space, default_study_name):
 
 def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
          recbole_arguments=(), properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
-         final_run=True, grace_period=90, search_space=None):
-    """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'."""
+         final_run="reuse", grace_period=90, search_space=None):
+    """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'.
+    ``final_run``: ``reuse``, ``retrain`` or ``None`` (no ``<Model>-tuned`` row)."""
+    if final_run and final_run not in FINAL_RUNS:  # before the search, not hours into it
+        raise BenchmarkError(f"final_run must be one of {', '.join(FINAL_RUNS)} or none, not {final_run!r}")
     model = benchmark.canonical_model_name(model)
     space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
@@ -500,6 +509,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
             raise
         trial.set_user_attr("valid", record["valid"])
         trial.set_user_attr("test", record["test"])
+        trial.set_user_attr(RUN, {key: value for key, value in record.items() if key not in ("valid", "test")})
         return record["best_valid_score"]
 
     if remaining:
@@ -517,18 +527,46 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         return study
     write_outputs(study, output, space_path)
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
-        finished = [trial for trial in study.trials if reached_verdict(trial)]
-        distinct = len({configuration(trial.params) for trial in finished})
-        benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
-                      config_files=[*config_files, str(output / "best.yaml")], config_dict=config_dict,
-                      recbole_arguments=recbole_arguments, label=f"{model}-tuned",
-                      extra_record={"tuning": {"n_trials": len(finished), "n_distinct_configurations": distinct,
-                                               "study_name": study.study_name,
-                                               "best_params": study.best_params,
-                                               "search_space": display_path(space_path),
-                                               **{key: value for key, value in study.user_attrs.items()
-                                                  if key == "restored_from"}}})
+        write_tuned_row(study, model, dataset, final_run, output, space_path, properties_dir, results_dir,
+                        config_files, config_dict, recbole_arguments, logger)
     return study
+
+
+def write_tuned_row(study, model, dataset, final_run, output, space_path, properties_dir, results_dir, config_files,
+                    config_dict, recbole_arguments, logger):
+    """``<Model>-tuned``: the best trial's own run where it was recorded whole and ``final_run`` is ``reuse``
+    (the same seed and config train to the same result), otherwise the best configuration trained again."""
+    finished = [trial for trial in study.trials if reached_verdict(trial)]
+    best = study.best_trial
+    tuning = {"n_trials": len(finished), "n_distinct_configurations": len({configuration(trial.params)
+                                                                           for trial in finished}),
+              "study_name": study.study_name, "best_params": study.best_params, "best_trial": best.number,
+              "search_space": display_path(space_path),
+              **{key: value for key, value in study.user_attrs.items() if key == "restored_from"}}
+    best_yaml = display_path(output / "best.yaml")
+    if final_run == "reuse" and RUN in best.user_attrs:
+        run = best.user_attrs[RUN]
+        record = {**run, "label": f"{model}-tuned", "valid": best.user_attrs["valid"],
+                  "test": best.user_attrs["test"], "config_files": [*run["config_files"], best_yaml],
+                  "tuning": {**tuning, "row_from": "the best trial's own run"},
+                  "peak_memory_note": "peak of the search worker process up to the end of this trial"}
+        benchmark.write_record(record, results_dir)
+        benchmark.rebuild_tables(dataset, results_dir, properties_dir)
+        logger.info(f"Optuna study {study.study_name}: {model}-tuned is trial {best.number}'s run "
+                    f"(commit {run.get('git_commit')}), not trained again")
+        return record
+    if final_run == "reuse":
+        logger.info(f"Optuna study {study.study_name}: best trial {best.number} holds no run record (an older "
+                    f"search): training its configuration again for {model}-tuned")
+    record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
+                           config_files=[*config_files, str(output / "best.yaml")], config_dict=config_dict,
+                           recbole_arguments=recbole_arguments, label=f"{model}-tuned",
+                           extra_record={"tuning": {**tuning, "row_from": "the best configuration trained again"}})
+    if not math.isclose(record["best_valid_score"], best.value, rel_tol=0, abs_tol=1e-4):
+        logger.warning(f"{model}-tuned validated at {record['best_valid_score']:.4f}, its trial {best.number} at "
+                       f"{best.value:.4f}: the same seed and config gave another result (another machine, or "
+                       f"nondeterministic kernels)")
+    return record
 
 
 def configuration(params):

@@ -22,17 +22,57 @@ def search(data_root, properties, tmp_path, n_trials, **kwargs):  # noqa: F811
                        results_dir=tmp_path / "results", **kwargs)
 
 
-def test_three_trials_outputs_and_tuned_row(data_root, properties, tmp_path):  # noqa: F811
+def counting_runs(monkeypatch):
+    original_run, calls = tuning.benchmark.run, []
+    monkeypatch.setattr(tuning.benchmark, "run", lambda *args, **kwargs: calls.append(kwargs) or original_run(*args, **kwargs))
+    return calls
+
+
+def test_three_trials_outputs_and_tuned_row_from_the_best_trials_own_run(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
+    calls = counting_runs(monkeypatch)
     study = search(data_root, properties, tmp_path, 3)
-    assert len(study.trials) == 3
+    assert len(study.trials) == 3 and len(calls) == 3  # no fourth training for the tuned row
     output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
     best = yaml.safe_load((output / "best.yaml").read_text())
     assert set(best) == set(SPACE) and (output / "trials.csv").read_text().count("\n") == 4
+    assert "user_attrs_run" not in (output / "trials.csv").read_text().split("\n")[0]  # the record is in trials.json
     assert (output / "history.png").is_file() and (output / "importance.png").is_file()
     record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
     assert record["tuning"]["n_trials"] == 3 and record["config"]["embedding_size"] == best["embedding_size"]
-    assert record["tuning"]["n_distinct_configurations"] == 3
+    assert record["config"]["learning_rate"] == best["learning_rate"]
+    assert record["tuning"]["n_distinct_configurations"] == 3 and record["tuning"]["best_trial"] == study.best_trial.number
+    assert record["test"] == study.best_trial.user_attrs["test"] and record["best_valid_score"] == study.best_value
+    assert record["label"] == "BPR-tuned" and record["config_files"][-1].endswith("best.yaml") and record["git_commit"]
+    assert [epoch for epoch, _ in record["valid_curve"]] == sorted(study.best_trial.intermediate_values)
     assert "yes, 3 trials" in (tmp_path / "results" / "tiny.md").read_text()
+
+
+def test_retrained_tuned_row_is_the_best_configuration_run_again(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
+    study = search(data_root, properties, tmp_path, 2, final_run=None)
+    assert not (tmp_path / "results" / "tiny" / "BPR-tuned.json").exists()
+    calls = counting_runs(monkeypatch)
+    search(data_root, properties, tmp_path, 2, final_run="retrain")
+    assert len(calls) == 1 and calls[0]["label"] == "BPR-tuned"  # only the final run
+    record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
+    assert record["tuning"]["row_from"] == "the best configuration trained again"
+    assert record["best_valid_score"] == study.best_value and record["test"] == study.best_trial.user_attrs["test"]
+
+
+def test_best_trial_recorded_without_its_run_is_trained_again(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
+    output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
+    output.mkdir(parents=True)
+    recorded_study(tmp_path).trials_dataframe().to_csv(output / "trials.csv", index=False)  # no run records
+    calls = counting_runs(monkeypatch)
+    search(data_root, properties, tmp_path, 2)
+    assert len(calls) == 1 and calls[0]["label"] == "BPR-tuned"
+    record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
+    assert record["config"]["learning_rate"] == 0.009387580144433756 and record["tuning"]["best_trial"] == 0
+
+
+def test_unknown_final_run_is_refused_before_the_search(data_root, properties, tmp_path):  # noqa: F811
+    with pytest.raises(BenchmarkError, match="final_run"):
+        search(data_root, properties, tmp_path, 2, final_run="again")
+    assert not (tmp_path / "results" / "tiny" / "tuning").exists()
 
 
 def test_resume_after_interruption_runs_only_missing_trials(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
