@@ -4,12 +4,13 @@
 # e.g. bash scripts/gpu_search.sh "$OUT" RecVAE:10 LightGCN:5:240
 # Each model runs WORKERS copies of `run_benchmark.py --tune --n_trials=$N_TRIALS` (default 20) on GPU 0; they
 # share the study's SQLite file and its n_trials, and the last to finish writes results/<dataset>/tuning/<Model>/
-# and trains the best configuration into the table as <Model>-tuned. NEW_TRIALS_UNTIL_S is Optuna's --timeout: a
+# and puts the best trial's run into the table as <Model>-tuned. NEW_TRIALS_UNTIL_S is Optuna's --timeout: a
 # worker starts no trial after it. Every worker is stopped at LIMIT_S (default 540) so the call returns its files:
 # a trial cut off there has no verdict and is run again when the search resumes (on any machine, from the
 # trials.json or SQLite file this script brings back in OUTPUT_DIR/search.tgz). One CPU thread a worker: the
 # machine has 16 cores. Session 17 (H200): RecVAE:10 LightGCN:5:240 finished RecVAE's 20 trials in 8 minutes,
-# and LightGCN's one trial (its epochs took ~13 s among 15 processes); RecVAE's final run then took 91 s alone.
+# and LightGCN's one trial (its epochs took ~13 s among 15 processes); RecVAE's final run (searches then trained
+# the best configuration again) took 91 s alone.
 # Staged as scripts/gpu_env.sh says, without the GGUF parts.
 set -uo pipefail
 OUTPUT_DIR=${1:?usage: bash scripts/gpu_search.sh OUTPUT_DIR MODEL:WORKERS[:NEW_TRIALS_UNTIL_S] ...}
