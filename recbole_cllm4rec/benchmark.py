@@ -231,8 +231,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     }
     record.update(extra_record or {})
     if write:
-        write_record(record, results_dir)
-        rebuild_tables(dataset, results_dir, properties_dir)
+        publish_record(record, results_dir, properties_dir)
     logger.info(f"test result: {dict(test_result)}")
     return record
 
@@ -315,6 +314,12 @@ def write_record(record, results_dir):
     temporary.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path
+
+
+def publish_record(record, results_dir, properties_dir):
+    """Write the record and rebuild its dataset's tables, where the row appears."""
+    write_record(record, results_dir)
+    rebuild_tables(record["dataset"], results_dir, properties_dir)
 
 
 def load_records(dataset, results_dir):

@@ -543,15 +543,14 @@ def write_tuned_row(study, model, dataset, final_run, output, space_path, proper
               "study_name": study.study_name, "best_params": study.best_params, "best_trial": best.number,
               "search_space": display_path(space_path),
               **{key: value for key, value in study.user_attrs.items() if key == "restored_from"}}
-    best_yaml = display_path(output / "best.yaml")
+    best_yaml = output / "best.yaml"
     if final_run == "reuse" and RUN in best.user_attrs:
         run = best.user_attrs[RUN]
         record = {**run, "label": f"{model}-tuned", "valid": best.user_attrs["valid"],
-                  "test": best.user_attrs["test"], "config_files": [*run["config_files"], best_yaml],
+                  "test": best.user_attrs["test"], "config_files": [*run["config_files"], display_path(best_yaml)],
                   "tuning": {**tuning, "row_from": "the best trial's own run"},
                   "peak_memory_note": "peak of the search worker process up to the end of this trial"}
-        benchmark.write_record(record, results_dir)
-        benchmark.rebuild_tables(dataset, results_dir, properties_dir)
+        benchmark.publish_record(record, results_dir, properties_dir)
         logger.info(f"Optuna study {study.study_name}: {model}-tuned is trial {best.number}'s run "
                     f"(commit {run.get('git_commit')}), not trained again")
         return record
@@ -559,7 +558,7 @@ def write_tuned_row(study, model, dataset, final_run, output, space_path, proper
         logger.info(f"Optuna study {study.study_name}: best trial {best.number} holds no run record (an older "
                     f"search): training its configuration again for {model}-tuned")
     record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
-                           config_files=[*config_files, str(output / "best.yaml")], config_dict=config_dict,
+                           config_files=[*config_files, str(best_yaml)], config_dict=config_dict,
                            recbole_arguments=recbole_arguments, label=f"{model}-tuned",
                            extra_record={"tuning": {**tuning, "row_from": "the best configuration trained again"}})
     if not math.isclose(record["best_valid_score"], best.value, rel_tol=0, abs_tol=1e-4):
