@@ -53,6 +53,17 @@ def test_two_baselines_end_to_end(data_root, properties, tmp_path):
     assert pop["test"] == run_tiny("Pop", data_root, properties, tmp_path, write=False)["test"]  # reproducible
 
 
+def test_cpu_keep_freed_memory_applies_to_any_model_that_asks(data_root, properties, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmark, "keep_freed_memory", lambda: calls.append("kept"))
+    run_tiny("Pop", data_root, properties, tmp_path, write=False)
+    assert calls == []  # off unless the model's file or the command line asks (SASRec's does)
+    run_tiny("Pop", data_root, properties, tmp_path, write=False, recbole_arguments=["--cpu_keep_freed_memory=True"])
+    assert calls == ["kept"]
+    run_tiny("SASRec", data_root, properties, tmp_path, write=False, recbole_arguments=["--cpu_keep_freed_memory=False"])
+    assert calls == ["kept"]
+
+
 def test_machine_label_names_bf16_runs():
     cpu = {"machine": {"torch_threads": 1, "precision": "bf16"}}
     assert benchmark.machine_label(cpu) == "CPU, 1 thread, bf16"
