@@ -1,0 +1,71 @@
+"""Seconds per training batch of a RecBole sequential baseline on amazon-beauty, and the process's peak memory,
+with or without glibc keeping freed memory (``cpu_keep_freed_memory``): the figures behind that setting in the
+baselines' model files. Run each mode in its own process, since the malloc setting is process-wide:
+
+    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --keep_freed_memory=False
+    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --keep_freed_memory=True
+    OMP_NUM_THREADS=2 python scripts/baseline_step_time.py --model=BERT4Rec --keep_freed_memory=True --mask_ratio=0.6
+
+Arguments other than --model, --dataset, --batches and --keep_freed_memory are RecBole ``--key=value`` overrides.
+"""
+
+import argparse
+import os
+import resource
+import sys
+from pathlib import Path
+from time import perf_counter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recbole_cllm4rec.benchmark import PROJECT_ROOT, anchor_relative_paths, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.cpu_memory import keep_freed_memory  # noqa: E402
+
+WARMUP_BATCHES = 2
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="SASRec")
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--batches", type=int, default=9, help="timed batches, after the warm-up ones, at most")
+    parser.add_argument("--keep_freed_memory", choices=("True", "False"), required=True)
+    args, recbole_arguments = parser.parse_known_args()
+    if args.batches < 1:
+        parser.error("--batches must be at least 1")
+    import torch
+    from recbole.data.dataset import Dataset
+    from recbole.utils import get_model, init_seed
+
+    from recbole_cllm4rec.sequential import sequential_data_preparation
+
+    kept = keep_freed_memory() if args.keep_freed_memory == "True" else False
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    files = config_files_for(args.model, args.dataset, PROJECT_ROOT / "properties", ())
+    config = build_config(args.model, args.dataset, files, {"show_progress": False}, recbole_arguments)
+    anchor_relative_paths(config)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, _, _ = sequential_data_preparation(config, Dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(args.model)(config, train_data._dataset)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+    model.train()
+    seconds = []
+    for batch in train_data:
+        started = perf_counter()
+        optimizer.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        seconds.append(perf_counter() - started)
+        if len(seconds) == WARMUP_BATCHES + args.batches:
+            break
+    timed = seconds[WARMUP_BATCHES:] or seconds
+    print(f"{args.model} on {args.dataset}, {torch.get_num_threads()} thread(s), keep_freed_memory={kept}, "
+          f"overrides {recbole_arguments or 'none'}: {sum(timed) / len(timed):.3f} s a batch over {len(timed)} "
+          f"batches of {len(train_data)} an epoch, last loss {loss.item():.4f}, "
+          f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
