@@ -23,7 +23,7 @@ import yaml
 
 import recbole_cllm4rec  # noqa: F401  (applies the RecBole fixes, registers CLLM4Rec)
 from recbole_cllm4rec import compat
-from recbole_cllm4rec.cpu_memory import keep_freed_memory
+from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured
 
 HEADLINE_METRICS = ["recall@20", "recall@40", "ndcg@100"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -176,8 +176,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    if config["cpu_keep_freed_memory"] and config["device"].type == "cpu":
-        keep_freed_memory()  # process-wide; a model file or --cpu_keep_freed_memory=True asks for it
+    keep_freed_memory_if_configured(config)  # any model whose file or command line asks for it
     started, commit = time(), git_commit()  # the code that runs is the code this process loaded
 
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL

@@ -32,3 +32,11 @@ def keep_freed_memory():
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD))
+
+
+def keep_freed_memory_if_configured(config):
+    """``keep_freed_memory()`` where ``config`` sets ``cpu_keep_freed_memory`` and runs on a CPU device; returns
+    whether it did. Process-wide, as ``torch.set_num_threads`` is."""
+    import torch
+
+    return bool(config["cpu_keep_freed_memory"] and torch.device(config["device"]).type == "cpu" and keep_freed_memory())

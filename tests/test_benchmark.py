@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from recbole_cllm4rec import benchmark
+from recbole_cllm4rec import benchmark, cpu_memory
 from recbole_cllm4rec.benchmark import BenchmarkError
 
 
@@ -55,7 +55,7 @@ def test_two_baselines_end_to_end(data_root, properties, tmp_path):
 
 def test_cpu_keep_freed_memory_applies_to_any_model_that_asks(data_root, properties, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(benchmark, "keep_freed_memory", lambda: calls.append("kept"))
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append("kept"))
     run_tiny("Pop", data_root, properties, tmp_path, write=False)
     assert calls == []  # off unless the model's file or the command line asks (SASRec's does)
     run_tiny("Pop", data_root, properties, tmp_path, write=False, recbole_arguments=["--cpu_keep_freed_memory=True"])

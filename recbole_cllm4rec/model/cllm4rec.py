@@ -25,7 +25,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_cllm4rec.backbone import add_residual_dropout, dropout, load_backbone, take_final_norm
-from recbole_cllm4rec.cpu_memory import keep_freed_memory
+from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured
 from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
 
 
@@ -55,8 +55,7 @@ class CLLM4Rec(GeneralRecommender):
         self.llm_path = config["llm_path"]
         self.llm_num_layers = config["llm_num_layers"]
         self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
-        if config["cpu_keep_freed_memory"] and torch.device(config["device"]).type == "cpu":
-            keep_freed_memory()  # process-wide, as torch.set_num_threads is
+        keep_freed_memory_if_configured(config)
         self.reg_weight = config["reg_weight"]
         self.mask_ratio = config["mask_ratio"]
         self.finetune_target = config["finetune_target"]
