@@ -14,6 +14,7 @@ import platform
 import resource
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from logging import getLogger
 from pathlib import Path
@@ -147,56 +148,86 @@ def build_config(model, dataset, config_files, config_dict, recbole_arguments=()
         return Config(model=model, dataset=dataset, config_file_list=list(config_files), config_dict=dict(config_dict))
 
 
+@dataclass
+class Untrained:
+    """A model as the protocol builds it before training, with the data it trains and is judged on."""
+
+    config: object
+    dataset: object
+    train_data: object
+    valid_data: object
+    test_data: object
+    model: object
+    user_sequences: object = None  # sequential models: each user's items in time order, for their trainer
+
+
+def protocol_config(model, dataset, properties_dir=PROJECT_ROOT / "properties", config_files=(), config_dict=None,
+                    recbole_arguments=(), download=False):
+    """``(config, config file paths)`` for ``model`` on ``dataset``: the protocol's files, then ``config_files``,
+    ``config_dict`` and ``--key=value`` arguments; relative paths anchored, the dataset checked."""
+    model = canonical_model_name(model)
+    files = config_files_for(model, dataset, properties_dir, config_files)
+    config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
+    anchor_relative_paths(config)
+    check_dataset(dataset, config["data_path"], properties_dir, download)
+    return config, files
+
+
+def build_untrained(config):
+    """The split, samplers and freshly initialised model for ``config``, seeded as a run seeds them: a script
+    that measures or probes a model starts from the model a run would train."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import ModelType, get_model, init_seed
+
+    init_seed(config["seed"], config["reproducibility"])
+    user_sequences = None
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        from recbole.data.dataset import Dataset
+
+        from recbole_cllm4rec.sequential import sequential_data_preparation
+
+        dataset = Dataset(config)
+        train_data, valid_data, test_data, user_sequences = sequential_data_preparation(config, dataset)
+    else:
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+    getLogger().info(dataset)
+    check_topk(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    return Untrained(config, dataset, train_data, valid_data, test_data, model, user_sequences)
+
+
 def build_cllm4rec(dataset, config_files="", config_dict=None, recbole_arguments=()):
     """``(config, model, train_data, valid_data)`` for the analysis scripts: CLLM4Rec on ``dataset`` under the
     protocol, the extra ``config_files`` (comma or space separated) and ``--key=value`` arguments, untrained."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_model, init_seed
-
-    files = config_files_for("CLLM4Rec", dataset, PROJECT_ROOT / "properties", split_config_files(config_files))
-    config = build_config("CLLM4Rec", dataset, files, {"show_progress": False, **(config_dict or {})}, recbole_arguments)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
-    model = get_model("CLLM4Rec")(config, train_data._dataset).to(config["device"])
-    return config, model, train_data, valid_data
+    config, _ = protocol_config("CLLM4Rec", dataset, config_files=split_config_files(config_files),
+                                config_dict={"show_progress": False, **(config_dict or {})},
+                                recbole_arguments=recbole_arguments)
+    built = build_untrained(config)
+    return config, built.model, built.train_data, built.valid_data
 
 
 def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
         config_files=(), config_dict=None, recbole_arguments=(), download=False, label=None, callback_fn=None,
         extra_record=None, write=True):
     """Train and test ``model`` on ``dataset`` under the protocol; return (and write) the result record."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import ModelType, get_environment, get_model, get_trainer, init_logger, init_seed
+    from recbole.utils import ModelType, get_environment, get_trainer, init_logger
 
-    model = canonical_model_name(model)
-    files = config_files_for(model, dataset, properties_dir, config_files)
-    config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
-    anchor_relative_paths(config)
-    check_dataset(dataset, config["data_path"], properties_dir, download)
-    init_seed(config["seed"], config["reproducibility"])
+    config, files = protocol_config(model, dataset, properties_dir, config_files, config_dict, recbole_arguments,
+                                    download)
+    model = config["model"]
     init_logger(config)
     logger = getLogger()
     keep_freed_memory_if_configured(config)  # any model whose file or command line asks for it
     started, commit = time(), git_commit()  # the code that runs is the code this process loaded
 
-    sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
-    if sequential:
-        from recbole.data.dataset import Dataset
+    built = build_untrained(config)
+    train_data, valid_data, test_data, recommender = built.train_data, built.valid_data, built.test_data, built.model
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        from recbole_cllm4rec.sequential import UserSplitSequentialTrainer
 
-        from recbole_cllm4rec.sequential import UserSplitSequentialTrainer, sequential_data_preparation
-
-        dataset_object = Dataset(config)
-        train_data, valid_data, test_data, user_sequences = sequential_data_preparation(config, dataset_object)
-    else:
-        dataset_object = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset_object)
-    logger.info(dataset_object)
-    check_topk(config, dataset_object)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    recommender = get_model(model)(config, train_data._dataset).to(config["device"])
-    if sequential:
-        trainer = UserSplitSequentialTrainer(config, recommender, user_sequences)
+        trainer = UserSplitSequentialTrainer(config, recommender, built.user_sequences)
     else:
         trainer = get_trainer(config["MODEL_TYPE"], model)(config, recommender)
     valid_curve = []

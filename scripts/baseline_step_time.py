@@ -18,7 +18,7 @@ from time import perf_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import PROJECT_ROOT, anchor_relative_paths, build_config, config_files_for  # noqa: E402
+from recbole_cllm4rec.benchmark import build_untrained, protocol_config  # noqa: E402
 from recbole_cllm4rec.cpu_memory import keep_freed_memory  # noqa: E402
 
 WARMUP_BATCHES = 2
@@ -34,20 +34,13 @@ def main():
     if args.batches < 1:
         parser.error("--batches must be at least 1")
     import torch
-    from recbole.data.dataset import Dataset
-    from recbole.utils import get_model, init_seed
-
-    from recbole_cllm4rec.sequential import sequential_data_preparation
 
     kept = keep_freed_memory() if args.keep_freed_memory == "True" else False
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    files = config_files_for(args.model, args.dataset, PROJECT_ROOT / "properties", ())
-    config = build_config(args.model, args.dataset, files, {"show_progress": False}, recbole_arguments)
-    anchor_relative_paths(config)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, _, _, _ = sequential_data_preparation(config, Dataset(config))
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(args.model)(config, train_data._dataset)
+    config, _ = protocol_config(args.model, args.dataset, config_dict={"show_progress": False},
+                                recbole_arguments=recbole_arguments)
+    built = build_untrained(config)
+    train_data, model = built.train_data, built.model
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     model.train()
     seconds = []

@@ -76,6 +76,22 @@ def test_sequential_model_uses_the_same_split(data_root, properties, tmp_path):
     assert 0 <= record["test"]["recall@10"] <= 1
 
 
+def test_untrained_models_are_built_as_a_run_seeds_them(data_root, properties):
+    import torch
+
+    def untrained(model):
+        config, _ = benchmark.protocol_config(model, "tiny", properties, config_dict={"data_path": str(data_root)})
+        return benchmark.build_untrained(config)
+
+    first = untrained("SASRec")
+    torch.rand(1000)  # whatever ran before, the next build starts from the same seed
+    second = untrained("SASRec")
+    assert first.user_sequences and first.test_data is not None
+    for (name, weight), (_, again) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(weight, again), name
+    assert untrained("BPR").user_sequences is None
+
+
 def test_unknown_model_lists_known_ones(data_root, properties, tmp_path):
     with pytest.raises(BenchmarkError, match=r"Unknown model 'NoSuchRec'. Known models: .*CLLM4Rec.*MultiVAE"):
         run_tiny("NoSuchRec", data_root, properties, tmp_path)
