@@ -29,6 +29,14 @@ H. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_d
    -> the sequential models are imported once, now, and anomaly detection is put back as it was. Metrics
       are unchanged (the mode only inspects); a NaN loss still stops RecBole's trainer, which checks it.
 
+I. BERT4Rec's CE loss computes item logits at every one of its ``mask_ratio * MAX_ITEM_LIST_LENGTH`` mask slots,
+   padding slots included, and then multiplies the padding slots' losses by zero. On amazon-beauty a user has ~7
+   training items against 50 positions, so at the default ``mask_ratio`` 0.2 about 2,200 of a batch's 20,480
+   slots are real, and the wasted 2,048 x 10 x 12,102 logits (and their softmax and gradient) were most of a step.
+   -> the CE loss scores the real slots only (those whose ``MASK_INDEX`` is above 0, RecBole's own rule). The loss
+      and gradients are RecBole's up to float rounding, the random stream is consumed exactly as before (the
+      same dropout masks), so training follows the same trajectory; the BPR loss is RecBole's own.
+
 ``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
 an upgrade): a clear error is better than RecBole's crash or, for pandas 3, silently wrong metrics.
 
@@ -247,6 +255,29 @@ def _undo_sine_anomaly_detection():
     torch.autograd.set_detect_anomaly(enabled)
 
 
+def _score_real_mask_slots_only_in_bert4rec():
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    original = BERT4Rec.calculate_loss
+    if getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
+        return
+
+    @functools.wraps(original)
+    def calculate_loss(self, interaction):
+        if self.loss_type != "CE":
+            return original(self, interaction)
+        masked_index = interaction[self.MASK_INDEX]
+        seq_output = self.forward(interaction[self.MASK_ITEM_SEQ])
+        is_target = masked_index > 0
+        sequences = is_target.nonzero(as_tuple=True)[0]
+        target_states = seq_output[sequences, masked_index[is_target]]
+        logits = target_states @ self.item_embedding.weight[: self.n_items].T + self.output_bias
+        return torch.nn.functional.cross_entropy(logits, interaction[self.POS_ITEMS][is_target])
+
+    calculate_loss.__wrapped_by_recbole_cllm4rec__ = True
+    BERT4Rec.calculate_loss = calculate_loss
+
+
 def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
     """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
     name = model_class.__name__
@@ -268,4 +299,5 @@ def apply():
     _patch_cpu_distributed()
     _patch_ensure_dir()
     _undo_sine_anomaly_detection()
+    _score_real_mask_slots_only_in_bert4rec()
     _applied = True

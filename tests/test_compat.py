@@ -1,4 +1,4 @@
-"""Each RecBole 1.2.1 crash cause (A-H of the compatibility note and of compat.py) is handled; each test fails without its fix."""
+"""Each RecBole 1.2.1 crash cause (A-I of the compatibility note and of compat.py) is handled; each test fails without its fix."""
 
 import importlib.metadata
 import os
@@ -94,3 +94,36 @@ def test_cause_h_finding_a_sequential_model_leaves_anomaly_detection_off():
     get_model("SINE")
     get_model("SASRec")
     assert not torch.is_anomaly_enabled()
+
+
+def test_cause_i_bert4rec_scores_real_mask_slots_only_with_recboles_loss_and_gradients(data_root, tmp_path):
+    """The patched CE loss equals RecBole's (which scores every padding slot too), gradients and random draws included."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+
+    config = Config(model="BERT4Rec", dataset="tiny", config_dict=protocol(
+        data_root, tmp_path, load_col={"inter": ["user_id", "item_id", "timestamp"]}, train_neg_sample_args=None,
+        eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        mask_ratio=0.5, MAX_ITEM_LIST_LENGTH=8, train_batch_size=64))
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = BERT4Rec(config, train_data.dataset)
+    batch = next(iter(train_data))
+    real_slots = int((batch[model.MASK_INDEX] > 0).sum())
+    assert 0 < real_slots < batch[model.MASK_INDEX].numel()  # some slots are padding: the case the patch skips
+
+    def loss_gradients_and_rng(calculate_loss):
+        model.zero_grad()
+        torch.manual_seed(1)
+        loss = calculate_loss(model, batch)
+        loss.backward()
+        return loss.detach(), [parameter.grad.clone() for parameter in model.parameters()], torch.get_rng_state()
+
+    assert BERT4Rec.calculate_loss.__wrapped_by_recbole_cllm4rec__
+    patched = loss_gradients_and_rng(BERT4Rec.calculate_loss)
+    recbole = loss_gradients_and_rng(BERT4Rec.calculate_loss.__wrapped__)
+    assert torch.allclose(patched[0], recbole[0], atol=1e-6)
+    for mine, theirs in zip(patched[1], recbole[1]):
+        assert torch.allclose(mine, theirs, atol=1e-7)
+    assert torch.equal(patched[2], recbole[2])  # the same dropout masks were drawn: the same training trajectory
