@@ -152,8 +152,6 @@ def build_config(model, dataset, config_files, config_dict, recbole_arguments=()
 class Untrained:
     """A model as the protocol builds it before training, with the data it trains and is judged on."""
 
-    config: object
-    dataset: object
     train_data: object
     valid_data: object
     test_data: object
@@ -195,7 +193,7 @@ def build_untrained(config):
     check_topk(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    return Untrained(config, dataset, train_data, valid_data, test_data, model, user_sequences)
+    return Untrained(train_data, valid_data, test_data, model, user_sequences)
 
 
 def build_cllm4rec(dataset, config_files="", config_dict=None, recbole_arguments=()):

@@ -1,12 +1,13 @@
 """Seconds per training batch of a RecBole sequential baseline on amazon-beauty, and the process's peak memory,
-with or without glibc keeping freed memory (``cpu_keep_freed_memory``): the figures behind that setting in the
-baselines' model files. Run each mode in its own process, since the malloc setting is process-wide:
+with or without glibc keeping freed memory (``cpu_keep_freed_memory``, applied as ``run_benchmark.py`` applies it):
+the figures behind that setting in the baselines' model files. Each mode runs in its own process, since the malloc
+setting is process-wide:
 
-    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --keep_freed_memory=False
-    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --keep_freed_memory=True
-    OMP_NUM_THREADS=2 python scripts/baseline_step_time.py --model=BERT4Rec --keep_freed_memory=True --mask_ratio=0.6
+    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --cpu_keep_freed_memory=False
+    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --cpu_keep_freed_memory=True
+    OMP_NUM_THREADS=2 python scripts/baseline_step_time.py --model=BERT4Rec --cpu_keep_freed_memory=True --mask_ratio=0.6
 
-Arguments other than --model, --dataset, --batches and --keep_freed_memory are RecBole ``--key=value`` overrides.
+Arguments other than --model, --dataset and --batches are RecBole ``--key=value`` overrides.
 """
 
 import argparse
@@ -19,7 +20,7 @@ from time import perf_counter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recbole_cllm4rec.benchmark import build_untrained, protocol_config  # noqa: E402
-from recbole_cllm4rec.cpu_memory import keep_freed_memory  # noqa: E402
+from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured  # noqa: E402
 
 WARMUP_BATCHES = 2
 
@@ -29,16 +30,15 @@ def main():
     parser.add_argument("--model", default="SASRec")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--batches", type=int, default=9, help="timed batches, after the warm-up ones, at most")
-    parser.add_argument("--keep_freed_memory", choices=("True", "False"), required=True)
     args, recbole_arguments = parser.parse_known_args()
     if args.batches < 1:
         parser.error("--batches must be at least 1")
     import torch
 
-    kept = keep_freed_memory() if args.keep_freed_memory == "True" else False
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config, _ = protocol_config(args.model, args.dataset, config_dict={"show_progress": False},
                                 recbole_arguments=recbole_arguments)
+    kept = keep_freed_memory_if_configured(config)
     built = build_untrained(config)
     train_data, model = built.train_data, built.model
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
