@@ -507,16 +507,20 @@ def plot_headline(records, path, dataset, headline=HEADLINE_METRICS):
     import matplotlib.pyplot as plt
     import numpy as np
 
+    # Horizontal bars, best row on top: the labels stay readable however many rows the table gathers.
     labels = [record["label"] for record in records]
-    positions = np.arange(len(labels))
-    width = 0.8 / len(headline)
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    positions = np.arange(len(labels))[::-1]
+    height = 0.8 / len(headline)
+    figure, axis = plt.subplots(figsize=(10, max(3, 0.32 * len(labels) * len(headline) / 3 + 1.5)))
     for k, metric in enumerate(headline):
-        axis.bar(positions + k * width, [record["test"].get(metric, 0) for record in records], width, label=metric)
-    axis.set_xticks(positions + width * (len(headline) - 1) / 2, labels, rotation=30, ha="right")
-    axis.set_ylabel("test metric")
+        axis.barh(positions + (len(headline) - 1 - k) * height, [record["test"].get(metric, 0) for record in records],
+                  height, label=metric)
+    axis.set_yticks(positions + height * (len(headline) - 1) / 2, labels)
+    axis.set_ylim(-0.2, len(labels) - 0.1)
+    axis.set_xlabel("test metric")
+    axis.grid(axis="x", alpha=0.3)
     axis.set_title(f"{dataset}: headline test metrics")
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
