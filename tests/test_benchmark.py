@@ -162,3 +162,26 @@ def test_rows_of_another_seed_stand_apart_from_the_protocols_table(tmp_path):
     rows = list(csv.reader(open(tmp_path / "results" / "toy.csv")))
     assert rows[0][-1] == "seed" and {(row[0], row[-1]) for row in rows[1:]} == {
         ("A", str(protocol["seed"])), ("B", str(protocol["seed"])), ("A-seed-7", "7")}
+
+
+def test_readme_comparison_table_matches_the_committed_records():
+    """Every number in the README's defaults-versus-tuned table is the test metric of the row it names."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Where the results stand", 1)[1].split("\n\n")
+    table = next(block for block in section if block.startswith("| model | RecBole defaults | tuned (Optuna) |"))
+    folder = PROJECT_ROOT / "results" / "amazon-beauty"
+    headline = ("recall@20", "recall@40", "ndcg@100")
+    checked = 0
+    for line in table.splitlines()[2:]:
+        name, defaults, tuned = (cell.strip().strip("*") for cell in line.strip("|").split("|"))
+        model = name.split(",")[0].strip("*")
+        for label, cell in ((model, defaults), (f"{model}-tuned", tuned)):
+            if not cell[:1].isdigit():
+                continue
+            record = json.loads((folder / f"{label}.json").read_text())
+            assert [float(value) for value in cell.split(" (")[0].split(" / ")] == [
+                round(record["test"][metric], 4) for metric in headline], label
+            if label.endswith("-tuned"):
+                assert f"({record['tuning']['n_trials']} trials" in cell, label
+            checked += 1
+    assert checked >= 19
