@@ -3,7 +3,8 @@
     python -m recbole_cllm4rec.data.setup_datasets --shared ../shared/datasets --dataset-dir dataset
 
 - ``amazon-beauty``: a symlink to the shared atomic files (never copied into the repository);
-- ``amazon-all-beauty-18``: converted from the shared raw 2018 All_Beauty 5-core reviews.
+- ``amazon-all-beauty-18``: converted from the shared raw 2018 All_Beauty 5-core reviews;
+- ``ml-100k``: a symlink to the copy inside the installed ``recbole`` package (``dataset_example/ml-100k``).
 A missing shared folder is reported and skipped: a user may supply their own copies instead.
 """
 
@@ -15,20 +16,34 @@ from recbole_cllm4rec.data.amazon import convert
 
 LINKED = ["amazon-beauty"]
 CONVERTED = {"amazon-all-beauty-18": "raw/All_Beauty_5.json.gz"}
+BUNDLED_WITH_RECBOLE = ["ml-100k"]
+
+
+def recbole_example_dataset(name):
+    """The folder of a dataset the ``recbole`` wheel ships (``recbole/dataset_example/<name>``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("recbole")
+    return Path(spec.origin).parent / "dataset_example" / name
+
+
+def link(source, target):
+    if target.exists() or target.is_symlink():
+        print(f"{target}: already present, left as it is")
+    elif source.is_dir():
+        os.symlink(os.path.relpath(source.resolve(), target.parent.resolve()), target)
+        print(f"{target} -> {source}")
+    else:
+        print(f"{source} not found: supply {target.name} yourself (see dataset/README.md)")
 
 
 def setup(shared, dataset_dir):
     shared, dataset_dir = Path(shared), Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
-        source, target = shared / name, dataset_dir / name
-        if target.exists() or target.is_symlink():
-            print(f"{target}: already present, left as it is")
-        elif source.is_dir():
-            os.symlink(os.path.relpath(source.resolve(), dataset_dir.resolve()), target)
-            print(f"{target} -> {source}")
-        else:
-            print(f"{source} not found: supply {name} yourself (see dataset/README.md)")
+        link(shared / name, dataset_dir / name)
+    for name in BUNDLED_WITH_RECBOLE:
+        link(recbole_example_dataset(name), dataset_dir / name)
     for name, raw in CONVERTED.items():
         source = shared / raw
         if (dataset_dir / name / f"{name}.inter").is_file():
