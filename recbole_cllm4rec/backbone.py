@@ -202,14 +202,24 @@ def keep_first_layers(model, num_layers):
     return model
 
 
-def load_backbone(llm_path=None, num_layers=None, cache_dir=None):
-    """Return ``(model, tokenizer)``: a frozen causal LM in eval mode and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+BACKBONE_INITIALISATIONS = ("pretrained", "random")
 
+
+def load_backbone(llm_path=None, num_layers=None, cache_dir=None, initialisation="pretrained"):
+    """Return ``(model, tokenizer)``: a frozen causal LM in eval mode and its tokenizer. ``initialisation:
+    random`` keeps the architecture and tokenizer but draws every weight afresh (the architecture's own
+    initialiser, from torch's global generator), the control for what pretraining contributes."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if initialisation not in BACKBONE_INITIALISATIONS:
+        raise ValueError(f"llm_initialisation must be one of {list(BACKBONE_INITIALISATIONS)}, got {initialisation!r}")
     source = resolve_llm_path(llm_path, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if initialisation == "random":
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except OSError as error:
         raise OSError(
             f"Cannot load the backbone from llm_path={llm_path!r} (resolved to {source!r}). It must be "

@@ -46,6 +46,8 @@ FINETUNE_LR_DECAYS = {
     "linear": lambda progress: 1.0 - progress,
     "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
 }
+# plateau: the rate follows the run's own validation instead of the epoch count
+VALIDATION_DRIVEN_DECAYS = {"plateau"}
 
 
 def id_table_adam(model, learning_rate, weight_decay=0.0):
@@ -114,8 +116,11 @@ class CLLM4RecTrainer(Trainer):
             raise ValueError("user_table_updates: lazy works with one process and no clip_grad_norm (the user "
                              "tables' gradients are sparse); use user_table_updates: dense there")
         self.finetune_lr_decay = config["finetune_lr_decay"] or "none"
-        if self.finetune_lr_decay not in FINETUNE_LR_DECAYS:
-            raise ValueError(f"finetune_lr_decay must be one of {sorted(FINETUNE_LR_DECAYS)}, got {self.finetune_lr_decay!r}")
+        known_decays = sorted(FINETUNE_LR_DECAYS) + sorted(VALIDATION_DRIVEN_DECAYS)
+        if self.finetune_lr_decay not in known_decays:
+            raise ValueError(f"finetune_lr_decay must be one of {known_decays}, got {self.finetune_lr_decay!r}")
+        self.plateau_decay_factor = config["plateau_decay_factor"]
+        self.plateau_factor = 1.0  # the rate's multiple under plateau decay: halved (by default) at every stall
         self.content_warmup_epochs = config["content_warmup_epochs"]
         self.pretrain_rounds = config["pretrain_rounds"]
         self.finetune_content_passes = config["finetune_content_passes"]
@@ -244,9 +249,12 @@ class CLLM4RecTrainer(Trainer):
         return id_table_adam(self.model, learning_rate, self.weight_decay)
 
     def _decay_learning_rate(self, optimizer, epoch):
-        """Set finetuning epoch ``epoch``'s rate from the schedule: a function of the epoch alone, so a resumed run
-        takes the same rates as an uninterrupted one."""
-        factor = FINETUNE_LR_DECAYS[self.finetune_lr_decay](epoch / self.epochs)
+        """Set finetuning epoch ``epoch``'s rate from the schedule: a function of the epoch (or, under plateau decay,
+        of the validations so far, which the progress checkpoint keeps), so a resumed run takes the same rates."""
+        if self.finetune_lr_decay in VALIDATION_DRIVEN_DECAYS:
+            factor = self.plateau_factor
+        else:
+            factor = FINETUNE_LR_DECAYS[self.finetune_lr_decay](epoch / self.epochs)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
@@ -269,6 +277,7 @@ class CLLM4RecTrainer(Trainer):
                 "cur_step": self.cur_step,
                 "best_valid_score": self.best_valid_score,
                 "best_valid_result": self.best_valid_result,
+                "plateau_factor": self.plateau_factor,
                 "loss_history": self.loss_history,
                 "state_dict": self.model.state_dict(),
                 "optimizer": optimizer_state,
@@ -303,6 +312,7 @@ class CLLM4RecTrainer(Trainer):
         self.stage, self.passes_done = state["stage"], state["passes_done"]
         self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
         self.best_valid_result, self.loss_history = state["best_valid_result"], state["loss_history"]
+        self.plateau_factor = state.get("plateau_factor", 1.0)
         torch.set_rng_state(state["rng_state"].cpu())
         if state.get("cuda_rng_state") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([rng.cpu() for rng in state["cuda_rng_state"]])
@@ -383,6 +393,8 @@ class CLLM4RecTrainer(Trainer):
                         + f" [{time() - started:.1f}s]: {self.valid_metric}: {valid_score:.6f}"
                     )
                     self.logger.info(set_color("valid result", "blue") + f": {dict(valid_result)}")
+                if not improved and self.finetune_lr_decay == "plateau":
+                    self.plateau_factor *= self.plateau_decay_factor
                 if improved:
                     self.best_valid_result = valid_result
                     if saved:

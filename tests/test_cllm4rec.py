@@ -551,6 +551,81 @@ def test_finetune_lr_decay_sets_each_epochs_rate(data_root, tmp_path, tiny_llama
     assert rates == [pytest.approx([learning_rate * factor, 10 * learning_rate * factor]) for factor in factors]
 
 
+def test_plateau_decay_follows_validation_and_stops_when_it_stalls(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, finetune_lr_decay="plateau",
+                                                     plateau_decay_factor=0.5, epochs=30, stopping_step=2,
+                                                     learning_rate=0.05)
+    trainer = CLLM4RecTrainer(config, model)
+    rates, scores, original_run_pass = [], [], trainer._run_pass
+
+    def recording(kind, generator, optimizer, description):
+        if kind == "recommendation":
+            rates.append(optimizer.param_groups[0]["lr"])
+        return original_run_pass(kind, generator, optimizer, description)
+
+    trainer._run_pass = recording
+    trainer.fit(train_data, valid_data, callback_fn=lambda epoch, score: scores.append(score))
+    # the rate at each epoch is halved once per earlier validation that did not reach the best so far
+    expected, best, factor = [], -1.0, 1.0
+    for score in scores:
+        expected.append(0.05 * factor)
+        if score >= best:
+            best = score
+        else:
+            factor *= 0.5
+    assert rates == pytest.approx(expected)
+    assert len(rates) < 30, "the run must stop once validation stalls, not at the epoch cap"
+    # RecBole's rule: stop at the (stopping_step + 1)-th validation in a row below the best
+    assert scores[-4] == max(scores) and all(score < max(scores) for score in scores[-3:])
+
+
+@pytest.mark.parametrize("interrupt_after_passes", [6, 9])
+def test_plateau_decay_resumes_exactly(data_root, tmp_path, tiny_llama, interrupt_after_passes):
+    settings = dict(finetune_lr_decay="plateau", epochs=12, stopping_step=3, learning_rate=0.05)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "a", tiny_llama, **settings)
+    trainer = CLLM4RecTrainer(config, model)
+    expected_score, _ = trainer.fit(train_data, valid_data)
+    expected = trainer.evaluate(test_data, load_best_model=True)
+    expected_factor = trainer.plateau_factor
+
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path / "b", tiny_llama, resume=True, **settings)
+    trainer = CLLM4RecTrainer(config, model)
+    original_run_pass, calls = trainer._run_pass, []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == interrupt_after_passes:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return original_run_pass(*args, **kwargs)
+
+    trainer._run_pass = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train_data, valid_data)
+    config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, **settings)
+    trainer = CLLM4RecTrainer(config, model)
+    score, _ = trainer.fit(train_data, valid_data)
+    assert score == pytest.approx(expected_score, abs=1e-6)
+    assert trainer.plateau_factor == expected_factor
+    assert trainer.evaluate(test_data, load_best_model=True) == expected
+
+
+def test_random_initialisation_keeps_the_architecture_and_draws_new_weights(data_root, tmp_path, tiny_llama):
+    _, pretrained, *_ = build(data_root, tmp_path / "a", tiny_llama)
+    config, random, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama,
+                                                             llm_initialisation="random", epochs=1)
+    pretrained_weights, random_weights = pretrained.backbone.state_dict(), random.backbone.state_dict()
+    assert pretrained_weights.keys() == random_weights.keys()
+    assert all(pretrained_weights[key].shape == random_weights[key].shape for key in pretrained_weights)
+    changed = [key for key in pretrained_weights if not torch.equal(pretrained_weights[key], random_weights[key])]
+    assert any("embed" in key for key in changed) and any("layers.0" in key for key in changed)
+    assert not any(parameter.requires_grad for parameter in random.backbone.parameters())
+    trainer = CLLM4RecTrainer(config, random)
+    trainer.fit(train_data, valid_data)
+    assert "recall@10" in trainer.evaluate(test_data, load_best_model=True)
+    with pytest.raises(ValueError, match="llm_initialisation"):
+        build(data_root, tmp_path / "c", tiny_llama, llm_initialisation="scratch")
+
+
 def test_unknown_finetune_lr_decay_is_refused(data_root, tmp_path, tiny_llama):
     config, model, *_ = build(data_root, tmp_path, tiny_llama, finetune_lr_decay="step")
     with pytest.raises(ValueError, match="finetune_lr_decay"):

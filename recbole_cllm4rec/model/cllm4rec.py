@@ -87,7 +87,7 @@ class CLLM4Rec(GeneralRecommender):
             raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
         self.backbone, self.tokenizer = load_backbone(
-            self.llm_path, self.llm_num_layers, config["llm_cache_dir"]
+            self.llm_path, self.llm_num_layers, config["llm_cache_dir"], config["llm_initialisation"]
         )
         self.llm_dropout = config["llm_dropout"]
         if not 0 <= self.llm_dropout < 1:
