@@ -1,9 +1,9 @@
 """Run RecBole models and CLLM4Rec under one protocol and rebuild the comparison tables in results/.
 
     python run_benchmark.py --model=Pop,BPR,MultiVAE --dataset=amazon-beauty
-    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml
+    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --profile=cpu
     python run_benchmark.py --model=MultiVAE --dataset=amazon-beauty --tune --n_trials=20
-    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml \
+    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --profile=cpu \
         --tune --n_trials=3 --search_space=properties/hyper/CLLM4Rec-cpu.yaml
 
 Any other --key=value goes to RecBole's Config, as with RecBole's own run_recbole.py.

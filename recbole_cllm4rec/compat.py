@@ -167,7 +167,7 @@ def _patch_get_flops():
         module.get_flops = get_flops
 
 
-PLUGIN_MODEL_FILES = {}  # model name -> its default-hyperparameter yaml
+PLUGIN_MODEL_FILES = {}  # model name -> its default-hyperparameter yamls, or a function of the user's settings giving them
 
 
 def _patch_config_defaults():
@@ -180,11 +180,14 @@ def _patch_config_defaults():
     @functools.wraps(original)
     def load_internal_config_dict(self, model, model_class, dataset):
         original(self, model, model_class, dataset)
-        defaults_file = PLUGIN_MODEL_FILES.get(model)
-        if defaults_file is not None:
+        defaults_files = PLUGIN_MODEL_FILES.get(model)
+        if defaults_files is not None:
             # Same priority as RecBole's own model yaml: above overall.yaml and sample.yaml, below
             # RecBole's dataset yaml and below everything the user passes.
-            self._update_internal_config_dict(defaults_file)
+            if callable(defaults_files):
+                defaults_files = defaults_files(self.external_config_dict, self.internal_config_dict)
+            for defaults_file in defaults_files:
+                self._update_internal_config_dict(defaults_file)
             recbole_dataset_file = os.path.join(
                 os.path.dirname(os.path.realpath(configurator.__file__)), "../properties/dataset", dataset + ".yaml"
             )
@@ -278,13 +281,14 @@ def _score_real_mask_slots_only_in_bert4rec():
     BERT4Rec.calculate_loss = calculate_loss
 
 
-def register_model(model_class, trainer_class, defaults_file, kind="general_recommender"):
-    """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``."""
+def register_model(model_class, trainer_class, defaults_files, kind="general_recommender"):
+    """Make ``model_class`` reachable through RecBole's ``get_model``/``get_trainer``/``Config``. ``defaults_files``:
+    yaml paths, or ``function(user settings, internal settings)`` returning them (a profile chosen per run)."""
     name = model_class.__name__
     module = sys.modules[model_class.__module__]
     sys.modules[f"recbole.model.{kind}.{name.lower()}"] = module
     importlib.import_module("recbole.trainer").__dict__[f"{name}Trainer"] = trainer_class
-    PLUGIN_MODEL_FILES[name] = os.fspath(defaults_file)
+    PLUGIN_MODEL_FILES[name] = defaults_files if callable(defaults_files) else [os.fspath(path) for path in defaults_files]
 
 
 def apply():

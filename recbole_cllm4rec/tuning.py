@@ -5,7 +5,7 @@
 
 Search spaces: ``properties/hyper/<Model>.yaml``, one entry per hyperparameter:
 ``{type: float|int|categorical, low, high, log, step, choices}``; ``--search_space`` picks another file
-(e.g. ``properties/hyper/CLLM4Rec-cpu.yaml``: without the content LM, the content knobs do nothing). The study lives in SQLite
+(e.g. ``properties/hyper/CLLM4Rec-cpu.yaml`` for the cpu profile). The study lives in SQLite
 (``saved/optuna/<dataset>/<Model>.db``, outside git) or any SQLAlchemy URL given by ``--storage``, so
 several machines can work on one study. Trials keep a heartbeat: trials of an interrupted search are
 marked failed when the search resumes, and the search runs only the trials still missing, beginning with the

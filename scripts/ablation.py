@@ -1,6 +1,6 @@
 """CLLM4Rec ablations under the benchmark protocol: what each part of the method contributes.
 
-    python scripts/ablation.py --dataset=amazon-all-beauty-18 --config_files=properties/model/CLLM4Rec-cpu.yaml \
+    python scripts/ablation.py --dataset=amazon-all-beauty-18 --profile=cpu \
         --content_lm=True --content_warmup_epochs=1 --layers=1 --output=results/amazon-all-beauty-18-ablation-cpu.md
 
 Each variant is one full train / validate / test run through ``benchmark.run`` (same split, seed and

@@ -1,6 +1,6 @@
 """What a trained CLLM4Rec's scores rest on: its user token or the items of the prompt.
 
-    python scripts/diagnose_model.py --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml \
+    python scripts/diagnose_model.py --dataset=amazon-beauty --profile=cpu \
         --checkpoint=saved/CLLM4Rec-amazon-beauty-<hash>-best.pth [--users=2000] [--output=FILE.md]
 
 Loads the checkpoint's trained embeddings (the backbone comes from ``llm_path`` as always) and scores the same

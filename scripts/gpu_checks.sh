@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks a session with a lent GPU runs, in one command that fits a 10-minute device call:
-#   1. scripts/throughput.py on the paper's model (CLLM4Rec-gpu.yaml: 30 layers, content LM) -> perf-gpu.md
-#   2. the cpu profile (CLLM4Rec-cpu.yaml) trained and tested twice with the same seed, side by side on the
+#   1. scripts/throughput.py on the paper's model (profile: paper, 30 layers, content LM) -> perf-gpu.md
+#   2. the cpu profile trained and tested twice with the same seed, side by side on the
 #      one GPU -> two result records, the GPU's run-to-run tolerance (results/reproducibility.md)
 # Usage, on the GPU machine in the repository root, with the files scripts/gpu_env.sh names staged:
 #   bash scripts/gpu_checks.sh OUTPUT_DIR
@@ -18,13 +18,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch, transformers, numpy, pandas; print('torch', torch.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__, 'pandas', pandas.__version__)" | tee -a "$OUTPUT_DIR/gpu.txt"
 
 timeout "${THROUGHPUT_LIMIT_S:-240}" python3 scripts/throughput.py --dataset=amazon-beauty \
-    --config_files=properties/model/CLLM4Rec-gpu.yaml --llm_path="$CLLM4REC_GGUF" --batches=4 --rounds=2 \
+    --profile=paper --llm_path="$CLLM4REC_GGUF" --batches=4 --rounds=2 \
     --scoring_users=2048 --output="$OUTPUT_DIR/perf-gpu.md" >"$OUTPUT_DIR/throughput.log" 2>&1
 echo "throughput exit $?" | tee -a "$OUTPUT_DIR/gpu.txt"
 
 for run in 1 2; do
     timeout "${RUN_LIMIT_S:-300}" python3 run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty \
-        --config_files=properties/model/CLLM4Rec-cpu.yaml --llm_path="$CLLM4REC_GGUF" --gpu_id=0 \
+        --profile=cpu --llm_path="$CLLM4REC_GGUF" --gpu_id=0 \
         --show_progress=False --label="CLLM4Rec-cpu-h200-run-$run" >"$OUTPUT_DIR/run-$run.log" 2>&1 &
 done
 wait

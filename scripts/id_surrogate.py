@@ -116,7 +116,7 @@ def evaluate(model, targets, chunk=2000):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty")
-    parser.add_argument("--config_files", default="properties/model/CLLM4Rec-cpu.yaml")
+    parser.add_argument("--config_files", default="")
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the config's learning_rate")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch_users", type=int, default=50, help="about the cpu profile's prompts per step")

@@ -1,7 +1,7 @@
 """Short CLLM4Rec training probes on a fixed subset of validation users: what a change does to learning,
 in minutes instead of a full run.
 
-    python scripts/probe.py --dataset=amazon-beauty --config_files=properties/model/CLLM4Rec-cpu.yaml \
+    python scripts/probe.py --dataset=amazon-beauty --profile=cpu \
         --schedule=collaborative,recommendation --label="collab + 1 finetune" [--users=2000] \
         [--output=results/amazon-beauty-probes.md] [--key=value ...]
 

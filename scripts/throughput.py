@@ -1,6 +1,6 @@
 """Training and scoring throughput of CLLM4Rec against the raw frozen backbone, on the same batch shapes.
 
-    python scripts/throughput.py --dataset=amazon-beauty [--config_files=properties/model/CLLM4Rec-cpu.yaml] \
+    python scripts/throughput.py --dataset=amazon-beauty [--profile=cpu] \
         [--batches=8] [--output=results/performance.md]
 
 For each training step kind (collaborative, content, finetuning) it takes the first ``--batches``

@@ -63,6 +63,7 @@ def cllm4rec_config(data_root, tmp_path, llm_path, **overrides):
     """A CLLM4Rec schedule small enough for a unit test."""
     config = protocol(data_root, tmp_path)
     config.update({
+        "profile": "none",  # the model's defaults under the overrides below, whatever the machine
         "llm_path": llm_path,
         "content_warmup_epochs": 1,
         "pretrain_rounds": 2,

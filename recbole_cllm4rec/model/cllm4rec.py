@@ -16,12 +16,13 @@ The training schedule lives in :class:`recbole_cllm4rec.trainer.CLLM4RecTrainer`
 
 import contextlib
 from collections import OrderedDict
+from logging import getLogger
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
-from recbole.utils import InputType
+from recbole.utils import InputType, set_color
 from torch import nn
 
 from recbole_cllm4rec.backbone import add_residual_dropout, dropout, load_backbone, take_final_norm
@@ -52,6 +53,11 @@ class CLLM4Rec(GeneralRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        getLogger().info(
+            set_color("CLLM4Rec profile", "green") + f": {config['profile_applied']} ({config['profile_reason']}); "
+            f"{config['llm_num_layers'] if config['llm_num_layers'] is not None else 'all'} backbone layers, "
+            f"content LM {'on' if config['content_lm'] else 'off'}, up to {config['epochs']} finetuning epochs"
+        )
         self.llm_path = config["llm_path"]
         self.llm_num_layers = config["llm_num_layers"]
         self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
