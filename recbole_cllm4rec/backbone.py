@@ -7,7 +7,7 @@
 - a local directory written by ``save_pretrained``;
 - a Hugging Face hub id (where a hub can be reached).
 
-GGUF files are dequantised once (about 14 s for SmolLM2 on two cores) into a ``save_pretrained``
+GGUF files are dequantised once into a ``save_pretrained``
 directory under the cache (``llm_cache_dir``, else ``$RECBOLE_CLLM4REC_CACHE``, else
 ``~/.cache/recbole_cllm4rec``) and reused afterwards. The conversion holds a file lock and publishes
 the directory with an atomic rename, so two runs starting at once convert once and never read a
@@ -129,13 +129,12 @@ MASK_LEVELS = 1 << 16  # a CPU dropout mask keeps an element when its 16 random 
 def dropout(inputs, probability):
     """Dropout while training, with a mask from 16 random bits an element on a CPU.
 
-    torch's CPU dropout draws one float64 uniform per element (``bernoulli_``; about 4.5 ms for a 1024 x 576
-    bf16 mask, 5 ms of which a cpu-profile step has five, 5% of its time). Here one 64-bit draw of the
-    default generator gives four elements 16 bits each, and an element is kept when its bits, read as
-    0..65535, reach ``round(p * 65536)``: 1.8 ms for the same mask, the same seed always the same mask. The
-    kept fraction is ``1 - round(p * 65536) / 65536`` (exactly ``1 - p`` for 0.5, within 8e-6 of it for any
+    torch's CPU dropout draws one float64 uniform per element (``bernoulli_``), a visible share of a small
+    step. Here one 64-bit draw of the default generator gives four elements 16 bits each, and an element is
+    kept when its bits, read as 0..65535, reach ``round(p * 65536)``; the same seed always gives the same mask.
+    The kept fraction is ``1 - round(p * 65536) / 65536`` (exactly ``1 - p`` for 0.5, within 8e-6 of it for any
     p), and kept elements are scaled by its inverse, so the expectation is the input's exactly. The masks are
-    not torch's own (runs from before 2026-12-03 drew those). On other devices torch's fused kernel runs."""
+    not torch's own. On other devices torch's fused kernel runs."""
     if inputs.device.type != "cpu":
         return F.dropout(inputs, probability, training=True)
     if not 0 <= probability <= 1:

@@ -4,9 +4,7 @@ already touched instead of faulting in fresh ones every step.
 glibc's ``malloc`` serves every request above its mmap threshold (at most 32 MiB) with a new ``mmap`` and
 unmaps it on ``free``. A cpu-profile step allocates several such tensors every time (the 1,000 x 12,101
 item logits and their gradient, the dense 22,363 x 576 user-table gradient), so each one is page-faulted
-in anew: measured on this project's 2-core Xeon, a fresh 22,363 x 576 ``torch.zeros`` costs 11 ms against
-1.8 ms for zeroing one already in use, and a 1,000 x 12,101 ``log_softmax`` 71 ms inside a training step
-against 9 ms with the heap kept. Turning mmap off for ``malloc`` (``M_MMAP_MAX`` 0) and never trimming the
+in anew, which costs several times the arithmetic on it. Turning mmap off for ``malloc`` (``M_MMAP_MAX`` 0) and never trimming the
 heap top (``M_TRIM_THRESHOLD`` at its maximum) keeps freed blocks for the next step: the process's
 resident size stays at its high-water mark instead of falling back between steps. The same idea as running
 PyTorch on CPUs under jemalloc or tcmalloc, without a preloaded library. Nothing changes where the C library

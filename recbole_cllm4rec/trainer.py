@@ -52,8 +52,8 @@ VALIDATION_DRIVEN_DECAYS = {"plateau"}
 
 def id_table_adam(model, learning_rate, weight_decay=0.0):
     """Adam over ``model``'s trainable ID tables. Fused (one kernel over all parameters) where torch has it for
-    the device: the tables are dense (users x hidden, items x hidden), and the per-tensor loop spent a quarter
-    of a cpu-profile finetuning step in the update (measured: 26% of the step, 4% fused). The user tables run
+    the device: the tables are dense (users x hidden, items x hidden), and a per-tensor loop made the update a
+    large share of a small finetuning step. The user tables run
     at ``user_learning_rate_scale`` times the rate: a user token gets one update per pass, an item token one
     per prompt it appears in. With ``user_table_updates: lazy`` the user tables take a lazy Adam instead
     (``LazyUserRowsAdam``)."""

@@ -16,7 +16,7 @@ exist). After every epoch and every trial the study is written to
 metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine taken back) leaves the epochs its
 trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git) starts
 from the trials recorded there for the same study name and search space, so a search can go on across
-machines and sessions (``trials.csv`` of older searches serves where there is
+machines and restarts (``trials.csv`` of older searches serves where there is
 no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
 workers on one study (the same command started more than once, here or on other machines) share
 ``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
@@ -171,11 +171,9 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
     and never before epoch ``n_warmup_steps``. The curves are those of complete trials and of interrupted ones for
     the epochs they reached: a trial cut off by a device call's time limit measured its first epochs like any
     other, and was not stopped for its scores (pruned trials are left out, as Optuna leaves them out: they were).
-    Optuna's own rule counts complete trials with or without scores: trials restored from an older ``trials.csv``
-    have none, and a search resumed from it pruned every new trial that fell below the one curve it had (12 of
-    MultiDAE's 13 new trials); and it ignores interrupted trials, so LightGCN's search, four of whose first five
-    trials a device call's limit cut off after 53-68 epochs, had to run two more trials at lr ~2e-4 through all
-    their ~300 epochs (100 minutes each on the CPU) before it could prune anything."""
+    Optuna's own rule counts complete trials with or without scores (restored trials may have none, so one curve
+    would prune everything), and it ignores interrupted trials (so a search whose first trials were cut off
+    cannot prune until slow configurations run to their end)."""
 
     def __init__(self, n_startup_trials=3, n_warmup_steps=2):
         self.n_startup_trials = n_startup_trials
@@ -267,9 +265,8 @@ def unjudged_configurations(study):
 def prune_interrupted_configurations(study):
     """Judge each cut-off configuration by the epochs it reached before running it again: where the pruner stops
     its recorded curve against the curves the study holds now, add a pruned trial with that curve up to that epoch
-    (``pruned_on_curve_of`` names the trial it comes from). A slow configuration can take longer than a session
-    holds a worker (a SASRec epoch takes 6.4 minutes on one core of this CPU, and early stopping waits 10 epochs),
-    and run again from scratch in every session it would never be judged. Returns how many were judged."""
+    (``pruned_on_curve_of`` names the trial it comes from). A slow configuration can take longer than a worker is
+    held, and run again from scratch every time it would never be judged. Returns how many were judged."""
     if not isinstance(study.pruner, CurveMedianPruner):
         return 0
     judged = 0
@@ -288,15 +285,12 @@ def queue_interrupted_configurations(study, limit):
     """Queue again, up to ``limit``, the configurations that only interrupted trials hold (cut off by a time
     limit or a killed worker, so they never got a verdict); returns how many were queued. Without this a
     resumed search draws new ones and a cut-off configuration is never judged: TPE learns nothing from a failed
-    trial, so the one LightGCN configuration still rising when a device call's limit cut it off (0.078 at epoch
-    59) would have been lost. Configurations already judged, running or queued are not queued again.
+    trial. Configurations already judged, running or queued are not queued again.
 
     A configuration whose recorded epochs the pruner could judge once more curves exist waits while the search
-    has room for new configurations (``limit`` above the number of cut-off ones): SASRec's search resumed with
-    three configurations, two of them cut off after 25 and 29 epochs of ~6.5 minutes on one core, and re-running
-    both first took the session's two workers for longer than the session, with no verdict; the curves of new
-    configurations can prune such a configuration on its record instead. Those the pruner has already compared
-    are queued first, then the oldest."""
+    has room for new configurations (``limit`` above the number of cut-off ones): re-running long cut-off
+    configurations first can hold every worker without a verdict, while the curves of new configurations can
+    prune them on their record. Those the pruner has already compared are queued first, then the oldest."""
     unjudged = unjudged_configurations(study)
     waiting = ({trial.number for trial in unjudged if study.pruner.waits_for_comparators(study, trial)}
                if isinstance(study.pruner, CurveMedianPruner) else set())

@@ -208,9 +208,8 @@ class CLLM4Rec(GeneralRecommender):
     @torch.no_grad()
     def constrain_id_embeddings(self):
         """With ``id_embedding_max_norm``, pull every ID embedding longer than it back onto that norm (the
-        trainer calls this after each update). Unconstrained, the trained soft tokens grow to about four times
-        the norm of the backbone's own token embeddings (measured on the cpu profile: item rows 13.6, user rows
-        9.2, against 3.2 for real tokens, at most 7.5), so the frozen layers see inputs unlike any text."""
+        trainer calls this after each update): unconstrained, trained soft tokens can grow to several times the norm
+        of the backbone's own token embeddings, so the frozen layers see inputs unlike any text."""
         if self.id_embedding_max_norm is None:
             return
         for table in self.id_tables():
@@ -246,9 +245,8 @@ class CLLM4Rec(GeneralRecommender):
 
     def _embed(self, tokens, side):
         """Input embeddings for extended token ids [B, L] -> [B, L, H]; ``side`` picks the ID table. The ID
-        embeddings enter multiplied by ``soft_token_scale``: the frozen blocks add to every position a vector
-        about 20 times the norm of a token embedding (measured on SmolLM2 after 2 blocks: 71 against 3.3, with a
-        shared part of 61), so at scale 1 a soft token's own identity is a small part of its last state."""
+        embeddings enter multiplied by ``soft_token_scale``: the frozen blocks add to every position a vector much
+        longer than a token embedding, so at scale 1 a soft token's own identity is a small part of its last state."""
         user_table, item_table = (
             (self.collaborative_user_embedding, self.collaborative_item_embedding)
             if side == "collaborative"
