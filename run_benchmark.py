@@ -1,18 +1,21 @@
 """Run RecBole models and CLLM4Rec under one protocol and rebuild the comparison tables in results/.
 
-    python run_benchmark.py --model=Pop,BPR,MultiVAE --dataset=amazon-beauty
-    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --profile=cpu
-    python run_benchmark.py --model=MultiVAE --dataset=amazon-beauty --tune --n_trials=20
-    python run_benchmark.py --model=CLLM4Rec --dataset=amazon-beauty --profile=cpu \
-        --tune --n_trials=3 --search_space=properties/hyper/CLLM4Rec-cpu.yaml
+    python run_benchmark.py --model=CLLM4Rec --dataset=ml-100k --label=my-run
+    python run_benchmark.py --model=Pop,BPR,MultiVAE --dataset=amazon-beauty --label=mine   # rows Pop-mine, ...
+    python run_benchmark.py --model=MultiVAE --dataset=ml-100k --tune --n_trials=20
+    python run_benchmark.py --model=CLLM4Rec --dataset=ml-100k --profile=cpu \
+        --tune --n_trials=20 --search_space=properties/hyper/CLLM4Rec-cpu.yaml
 
-Any other --key=value goes to RecBole's Config, as with RecBole's own run_recbole.py.
+A run writes results/<dataset>/<label>.json and rebuilds that dataset's tables; a label that already has a record
+is refused unless --overwrite says to replace it. Any other --key=value goes to RecBole's Config, as with RecBole's
+own run_recbole.py.
 """
 
 import argparse
 import sys
 
 from recbole_cllm4rec.benchmark import BenchmarkError, run, split_config_files
+from recbole_cllm4rec.profiles import PROFILES
 
 
 def parse_arguments(argv):
@@ -21,7 +24,12 @@ def parse_arguments(argv):
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--config_files", default="", help="extra yaml files, comma- or space-separated")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--label", default=None, help="row name in the table (default: the model name)")
+    parser.add_argument("--label", default=None,
+                        help="row name in the table (default: the model name; with several models, <model>-<label>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the record (or tuned row) this label already has in results/")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="CLLM4Rec's profile (default auto: cpu without a GPU, the paper's model with one)")
     parser.add_argument("--download", action="store_true", help="let RecBole download a dataset it knows")
     parser.add_argument("--tune", action="store_true", help="Optuna search instead of one run")
     parser.add_argument("--n_trials", type=int, default=20)
@@ -38,20 +46,28 @@ def parse_arguments(argv):
 def main(argv=None):
     arguments, recbole_arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     config_files = split_config_files(arguments.config_files)
-    config_dict = {} if arguments.seed is None else {"seed": arguments.seed}
+    # progress bars where someone watches; one line per pass in logs (a --show_progress argument still wins)
+    config_dict = {"show_progress": sys.stderr.isatty()}
+    if arguments.seed is not None:
+        config_dict["seed"] = arguments.seed
+    if arguments.profile is not None:
+        config_dict["profile"] = arguments.profile
     try:
-        for model in [name for name in arguments.model.split(",") if name]:
+        models = [name for name in arguments.model.split(",") if name]
+        for model in models:
+            label = f"{model}-{arguments.label}" if arguments.label and len(models) > 1 else arguments.label
             if arguments.tune:
                 from recbole_cllm4rec.tuning import tune
 
                 tune(model, arguments.dataset, n_trials=arguments.n_trials, timeout=arguments.timeout,
                      storage=arguments.storage, study_name=arguments.study_name, config_files=config_files,
                      config_dict=config_dict, recbole_arguments=recbole_arguments,
-                     search_space=arguments.search_space,
+                     search_space=arguments.search_space, overwrite=arguments.overwrite,
                      final_run=None if arguments.final_run == "none" else arguments.final_run)
             else:
                 record = run(model, arguments.dataset, config_files=config_files, config_dict=config_dict,
-                             recbole_arguments=recbole_arguments, download=arguments.download, label=arguments.label)
+                             recbole_arguments=recbole_arguments, download=arguments.download, label=label,
+                             overwrite=arguments.overwrite)
                 headline = ", ".join(f"{key}={record['test'][key]:.4f}" for key in ("recall@20", "recall@40", "ndcg@100")
                                      if key in record["test"])
                 print(f"{record['label']} on {arguments.dataset}: {headline} ({record['wall_time_s']} s)")

@@ -206,12 +206,25 @@ def build_cllm4rec(dataset, config_files="", config_dict=None, recbole_arguments
     return config, built.model, built.train_data, built.valid_data
 
 
+def refuse_to_replace(results_dir, dataset, label, what="a record"):
+    """A row already in ``results/`` is replaced only when the command says so."""
+    path = record_path(results_dir, dataset, label)
+    if path.exists():
+        raise BenchmarkError(
+            f"{path} already holds {what} for '{label}': pass --label=<new name> for a new row, or --overwrite "
+            f"to replace it."
+        )
+
+
 def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
         config_files=(), config_dict=None, recbole_arguments=(), download=False, label=None, callback_fn=None,
-        extra_record=None, write=True):
-    """Train and test ``model`` on ``dataset`` under the protocol; return (and write) the result record."""
+        extra_record=None, write=True, overwrite=True):
+    """Train and test ``model`` on ``dataset`` under the protocol; return (and write) the result record. With
+    ``overwrite=False`` an existing record of the same label is refused before any work."""
     from recbole.utils import ModelType, get_environment, get_trainer, init_logger
 
+    if write and not overwrite:
+        refuse_to_replace(results_dir, dataset, label or canonical_model_name(model))
     config, files = protocol_config(model, dataset, properties_dir, config_files, config_dict, recbole_arguments,
                                     download)
     model = config["model"]

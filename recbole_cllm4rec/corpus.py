@@ -267,6 +267,16 @@ class CLLM4RecCorpus:
     def _recommendation_room(self):
         return self.max_seq_length - self.recommendation_template.length_without_history()
 
+    def tokens_per_pass(self):
+        """Tokens one pass of each kind reads, for a time estimate: a recommendation or scoring pass is counted
+        with each user's whole history visible (its upper bound), a content pass at its token budget."""
+        scoring = sum(len(self.scoring_document(user).tokens) for user in range(1, len(self.user_histories))
+                      if len(self.user_histories[user]))
+        content = sum(min(len(document.tokens), document.main_start + self.content_max_tokens)
+                      for document in self.content_documents) if self.has_content else 0
+        return {"collaborative": sum(len(document.tokens) for document in self.collaborative_documents()),
+                "content": content, "recommendation": scoring, "scoring": scoring}
+
     def scoring_document(self, user):
         """The prompt that scores all items for ``user``: the whole training history is visible."""
         history = self._recent(self.user_histories[user], self._recommendation_room())

@@ -35,6 +35,20 @@ from tqdm import tqdm
 
 from recbole_cllm4rec.corpus import bucket_batches
 
+ESTIMATE_AFTER_S = 20  # seconds of the first pass measured before the run's time is estimated
+FORWARD_SPEEDUP = 3  # a scoring token (forward only) counted at a third of a training token's time
+
+
+def format_duration(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 # Keys that do not change what a run computes; they are left out of the run's identity.
 NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "device",
                      "eval_batch_size", "eval_batch_tokens", "worker", "tensorboard", "local_rank", "ip", "port",
@@ -135,6 +149,7 @@ class CLLM4RecTrainer(Trainer):
         self.passes_done = 0  # position in pretrain_schedule
         self.stage = "pretrain"
         self.best_valid_result = None
+        self.time_estimate_pending = True
         self.loss_history = []  # (stage, pass name, epoch, language loss, regularisation)
 
     @staticmethod
@@ -167,9 +182,10 @@ class CLLM4RecTrainer(Trainer):
             documents, held_out = corpus.recommendation_documents(users, self.model.mask_ratio, generator)
         batches = bucket_batches([len(document.tokens) for document in documents], self.train_batch_tokens, generator)
         self.model.train()
-        totals, steps = torch.zeros(2), 0
+        totals, steps, tokens_done, started = torch.zeros(2), 0, 0, time()
         progress = tqdm(batches, desc=set_color(description, "pink"), ncols=100, disable=not self.show_progress)
         for batch in progress:
+            tokens_done += sum(len(documents[k].tokens) for k in batch)
             batch = batch[self.rank :: self.world_size]
             if len(batch):
                 language_loss, regularization, terms = self.model.document_loss(
@@ -192,8 +208,30 @@ class CLLM4RecTrainer(Trainer):
             step_losses = torch.tensor([float(language_loss.detach()), float(regularization.detach())])
             totals += step_losses
             steps += 1
-            progress.set_postfix(loss=f"{float(step_losses[0]):.4f}")
+            elapsed = time() - started
+            progress.set_postfix(loss=f"{float(step_losses[0]):.4f}", tok_s=f"{tokens_done / max(elapsed, 1e-9):.0f}")
+            if self.time_estimate_pending and (elapsed >= ESTIMATE_AFTER_S or steps == len(batches)):
+                self._log_time_estimate(tokens_done / max(elapsed, 1e-9), steps)
         return tuple((totals / max(steps, 1)).tolist())
+
+    def _log_time_estimate(self, tokens_per_second, steps):
+        """Once per run, from the first pass's measured rate: the schedule's token count over that rate."""
+        self.time_estimate_pending = False
+        tokens = self.model.corpus.tokens_per_pass()
+        finetune_kinds = ["recommendation"] + (["content"] if self.finetune_content_passes and
+                                               self.model.corpus.has_content else [])
+        train_tokens = (sum(tokens[kind] for kind in self.pretrain_schedule[self.passes_done:])
+                        + (self.epochs - self.start_epoch) * sum(tokens[kind] for kind in finetune_kinds))
+        validations = (self.epochs - self.start_epoch) // self.eval_step if self.eval_step > 0 else 0
+        scoring_tokens = (validations + 1) * tokens["scoring"]
+        seconds = (train_tokens + scoring_tokens / FORWARD_SPEEDUP) / tokens_per_second
+        self.logger.info(
+            set_color("Time estimate", "yellow") + f": about {format_duration(seconds)} for what is left of the "
+            f"schedule ({len(self.pretrain_schedule) - self.passes_done} pretraining passes, up to "
+            f"{self.epochs - self.start_epoch} finetuning epochs, {validations} validations and the test), from "
+            f"{train_tokens / 1e6:.1f}M training and {scoring_tokens / 1e6:.1f}M scoring tokens at "
+            f"{tokens_per_second:.0f} training tokens/s measured over {steps} batches; early stopping can end it sooner"
+        )
 
     # ----- several processes --------------------------------------------------------------------------
     @property

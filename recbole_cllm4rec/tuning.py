@@ -461,12 +461,14 @@ def restore_recorded_trials(study, output, space, default_study_name):
 
 def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
          recbole_arguments=(), properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
-         final_run="reuse", grace_period=90, search_space=None):
+         final_run="reuse", grace_period=90, search_space=None, overwrite=True):
     """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'.
     ``final_run``: ``reuse``, ``retrain`` or ``None`` (no ``<Model>-tuned`` row)."""
     if final_run and final_run not in FINAL_RUNS:  # before the search, not hours into it
         raise BenchmarkError(f"final_run must be one of {', '.join(FINAL_RUNS)} or none, not {final_run!r}")
     model = benchmark.canonical_model_name(model)
+    if final_run and not overwrite:
+        benchmark.refuse_to_replace(results_dir, dataset, f"{model}-tuned", what="the tuned row of an earlier search")
     space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)

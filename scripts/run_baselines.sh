@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The ten baselines of results/amazon-beauty.md at RecBole's defaults, one after another.
+# The ten baselines at RecBole's defaults, one after another, on one dataset.
 #   bash scripts/run_baselines.sh [dataset] [models...]   (logs in saved/baselines-<dataset>.log)
-# Models that already have results/<dataset>/<model>.json are skipped; delete the file to rerun one.
+# A model whose row results/<dataset>/<model>.json exists is skipped, and the script says so: delete the file, or
+# run `python run_benchmark.py --model=<model> --dataset=<dataset> --overwrite`, to run it again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATASET=${1:-amazon-beauty}
@@ -10,9 +11,10 @@ MODELS=${*:-Pop ItemKNN EASE MultiVAE MultiDAE RecVAE BPR SASRec BERT4Rec LightG
 mkdir -p saved
 for model in $MODELS; do
   if [ -f "results/$DATASET/$model.json" ]; then
-    echo "skip $model: results/$DATASET/$model.json exists" >> "saved/baselines-$DATASET.log"
+    echo "skip $model: results/$DATASET/$model.json already holds its row" | tee -a "saved/baselines-$DATASET.log"
     continue
   fi
+  echo "run $model on $DATASET (log: saved/baselines-$DATASET.log)"
   .venv/bin/python run_benchmark.py --model="$model" --dataset="$DATASET" >> "saved/baselines-$DATASET.log" 2>&1 \
-    || echo "FAILED: $model" >> "saved/baselines-$DATASET.log"
+    || echo "FAILED: $model (see saved/baselines-$DATASET.log)" | tee -a "saved/baselines-$DATASET.log"
 done

@@ -53,6 +53,28 @@ def test_two_baselines_end_to_end(data_root, properties, tmp_path):
     assert pop["test"] == run_tiny("Pop", data_root, properties, tmp_path, write=False)["test"]  # reproducible
 
 
+def test_a_label_with_a_record_is_refused_before_any_work_unless_overwrite(data_root, properties, tmp_path):
+    first = run_tiny("Pop", data_root, properties, tmp_path, overwrite=False)
+    path = tmp_path / "results" / "tiny" / "Pop.json"
+    before = path.read_text()
+    with pytest.raises(BenchmarkError, match="already holds a record for 'Pop'.*--label.*--overwrite"):
+        run_tiny("Pop", data_root, properties, tmp_path, overwrite=False)
+    assert path.read_text() == before
+    other = run_tiny("Pop", data_root, properties, tmp_path, overwrite=False, label="Pop-again")
+    assert other["label"] == "Pop-again" and path.read_text() == before
+    replaced = run_tiny("Pop", data_root, properties, tmp_path, overwrite=True)
+    assert replaced["test"] == first["test"] and json.loads(path.read_text())["finished_at"] == replaced["finished_at"]
+
+
+def test_command_line_refuses_to_replace_a_committed_row():
+    committed = PROJECT_ROOT / "results" / "amazon-beauty" / "Pop.json"
+    before = committed.read_text()
+    completed = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_benchmark.py"), "--model=Pop",
+                                "--dataset=amazon-beauty"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert completed.returncode == 2 and "--overwrite" in completed.stderr and "Traceback" not in completed.stderr
+    assert committed.read_text() == before
+
+
 def test_cpu_keep_freed_memory_applies_to_any_model_that_asks(data_root, properties, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append("kept"))

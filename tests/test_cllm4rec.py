@@ -675,3 +675,40 @@ def test_lazy_user_table_updates_refuse_what_sparse_gradients_cannot_do(data_roo
         id_table_adam(model, 1e-3, weight_decay=1e-4)
     with pytest.raises(ValueError, match="user_table_updates"):
         build(data_root, tmp_path / "bad", tiny_llama, user_table_updates="sparse")
+
+
+@pytest.mark.parametrize("settings, profile, layers", [
+    ({}, "cpu", 2), ({"profile": "cpu", "llm_num_layers": 1}, "cpu", 1), ({"profile": "paper"}, "paper", None),
+    ({"profile": "none"}, "none", None)])
+def test_profile_auto_picks_the_cpu_profile_without_a_gpu_and_user_settings_win(data_root, settings, profile, layers,
+                                                                              monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = Config(model="CLLM4Rec", dataset="tiny", config_dict={"data_path": str(data_root), **settings})
+    assert config["profile_applied"] == profile and config["llm_num_layers"] == layers
+    assert config["epochs"] == {"cpu": 40, "paper": 150, "none": 150}[profile]
+    if profile == "cpu":
+        assert config["finetune_lr_decay"] == "plateau" and config["content_lm"] is False
+
+
+def test_profile_auto_picks_the_papers_model_on_a_gpu(data_root, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config = Config(model="CLLM4Rec", dataset="tiny", config_dict={"data_path": str(data_root), "use_gpu": False})
+    assert config["profile_applied"] == "cpu"  # a GPU the user turned off is no GPU
+    from recbole_cllm4rec.profiles import resolve_profile
+
+    assert resolve_profile({}) == ("paper", "auto: a GPU is available")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        resolve_profile({"profile": "fast"})
+
+
+def test_first_log_lines_name_the_profile_and_estimate_the_time(data_root, tmp_path, tiny_llama, caplog):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, epochs=2)
+    trainer = CLLM4RecTrainer(config, model)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(train_data, valid_data)
+    estimates = [record.getMessage() for record in caplog.records if "Time estimate" in record.getMessage()]
+    assert len(estimates) == 1 and "finetuning epochs" in estimates[0] and "tokens/s" in estimates[0]
+    tokens = model.corpus.tokens_per_pass()
+    assert tokens["scoring"] == sum(len(model.corpus.scoring_document(user).tokens)
+                                    for user in range(1, len(model.corpus.user_histories)))
+    assert tokens["collaborative"] > 0 and tokens["content"] > 0
