@@ -1,7 +1,7 @@
 """CLLM4Rec ablations under the benchmark protocol: what each part of the method contributes.
 
     python scripts/ablation.py --dataset=amazon-all-beauty-18 --profile=cpu \
-        --content_lm=True --content_warmup_epochs=1 --layers=1 --output=results/amazon-all-beauty-18-ablation-cpu.md
+        --content_lm=True --content_warmup_epochs=1 --layers=1 --output=results/ablations/amazon-all-beauty-18-components-cpu.md
 
 Each variant is one full train / validate / test run through ``benchmark.run`` (same split, seed and
 protocol as the comparison tables), starting from the given configuration:

@@ -1,7 +1,7 @@
 """How much of the frozen backbone CLLM4Rec can use at a given depth, before any training.
 
     python scripts/diagnose_backbone.py --dataset=amazon-beauty --layers=2,8,16,30 \
-        [--config_files=...] [--item_logit_scale=0.1] [--output=results/amazon-beauty-diagnostics.md]
+        [--config_files=...] [--item_logit_scale=0.1] [--output=results/notes/amazon-beauty-diagnostics.md]
 
 For each ``llm_num_layers`` it builds CLLM4Rec with fresh soft tokens and reports, with no gradient step:
 - content loss: the content LM's cross-entropy per main-text token on the first ``--documents`` content

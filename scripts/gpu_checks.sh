@@ -2,7 +2,7 @@
 # The checks a session with a lent GPU runs, in one command that fits a 10-minute device call:
 #   1. scripts/throughput.py on the paper's model (profile: paper, 30 layers, content LM) -> perf-gpu.md
 #   2. the cpu profile trained and tested twice with the same seed, side by side on the
-#      one GPU -> two result records, the GPU's run-to-run tolerance (results/reproducibility.md)
+#      one GPU -> two result records, the GPU's run-to-run tolerance (results/notes/reproducibility.md)
 # Usage, on the GPU machine in the repository root, with the files scripts/gpu_env.sh names staged:
 #   bash scripts/gpu_checks.sh OUTPUT_DIR
 # Each step has its own time limit and logs to OUTPUT_DIR, so one that fails or runs long leaves the others.

@@ -3,7 +3,7 @@ in minutes instead of a full run.
 
     python scripts/probe.py --dataset=amazon-beauty --profile=cpu \
         --schedule=collaborative,recommendation --label="collab + 1 finetune" [--users=2000] \
-        [--output=results/amazon-beauty-probes.md] [--key=value ...]
+        [--output=results/notes/amazon-beauty-probes.md] [--key=value ...]
 
 ``--schedule`` lists the passes in order (``collaborative``, ``content``, ``recommendation``), each one
 pass over its corpus exactly as ``CLLM4RecTrainer`` builds it, with one Adam optimizer over the trainable

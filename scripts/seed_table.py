@@ -1,6 +1,6 @@
 """Test metrics of several models over several seeds, side by side: one table per headline metric.
 
-    python scripts/seed_table.py --output=results/amazon-beauty-seeds.md \
+    python scripts/seed_table.py --output=results/notes/amazon-beauty-seeds.md \
         --family="EASE-tuned=results/amazon-beauty/EASE-tuned.json,results/amazon-beauty/EASE-tuned-seed-2021.json" \
         --family="CLLM4Rec=results/amazon-beauty/CLLM4Rec.json,results/amazon-beauty/CLLM4Rec-seed-2021.json"
 

@@ -1,7 +1,7 @@
 """Training and scoring throughput of CLLM4Rec against the raw frozen backbone, on the same batch shapes.
 
     python scripts/throughput.py --dataset=amazon-beauty [--profile=cpu] \
-        [--batches=8] [--output=results/performance.md]
+        [--batches=8] [--output=results/notes/performance.md]
 
 For each training step kind (collaborative, content, finetuning) it takes the first ``--batches``
 length-bucketed batches the trainer would use, and measures:

@@ -161,29 +161,41 @@ def test_cllm4rec_end_to_end_through_the_runner(data_root, properties, tmp_path,
     assert "| CLLM4Rec |" in (tmp_path / "results" / "tiny.md").read_text()
 
 
-def test_rows_of_another_seed_stand_apart_from_the_protocols_table(tmp_path):
+def test_main_table_holds_baselines_and_cllm4rec_rows_and_everything_else_goes_to_variants(tmp_path):
     properties = tmp_path / "properties"
     (properties / "dataset").mkdir(parents=True)
     protocol = yaml.safe_load((PROJECT_ROOT / "properties" / "overall.yaml").read_text())
     (properties / "overall.yaml").write_text(yaml.safe_dump(protocol))
     folder = tmp_path / "results" / "toy"
     folder.mkdir(parents=True)
-    for label, seed, recall in (("A", protocol["seed"], 0.10), ("B", protocol["seed"], 0.12), ("A-seed-7", 7, 0.30)):
+    seed = protocol["seed"]
+    rows = [("Pop", "Pop", seed, 0.10), ("EASE", "EASE", seed, 0.12), ("EASE-tuned", "EASE", seed, 0.13),
+            ("EASE-tuned-seed-2021", "EASE", seed + 1, 0.15), ("EASE-tuned-seed-2022", "EASE", seed + 2, 0.14),
+            ("CLLM4Rec", "CLLM4Rec", seed, 0.11), ("CLLM4Rec-no-transformer", "CLLM4Rec", seed, 0.115),
+            ("CLLM4Rec-lr-1e-2", "CLLM4Rec", seed, 0.30), ("CLLM4Rec-seed-7", "CLLM4Rec", 7, 0.40)]
+    for label, model, run_seed, recall in rows:
         test = {"recall@20": recall, "recall@40": recall + 0.05, "ndcg@100": recall / 2}
         (folder / f"{label}.json").write_text(json.dumps({
-            "label": label, "seed": seed, "test": test, "valid_metric": "ndcg@100", "best_valid_score": 0.05,
-            "config_files": [], "wall_time_s": 1.0, "peak_memory_gib": 0.1,
-            "git_commit": "0123456789abcdef" + ("-dirty" if label == "B" else ""), "machine": {"torch_threads": 1}}))
+            "label": label, "model": model, "seed": run_seed, "test": test, "valid_metric": "ndcg@100",
+            "best_valid_score": 0.05, "config_files": [], "wall_time_s": 1.0, "peak_memory_gib": 0.1,
+            "tuning": {"n_trials": 20} if "tuned" in label else None,
+            "git_commit": "0123456789abcdef" + ("-dirty" if label == "Pop" else ""), "machine": {"torch_threads": 1}}))
     benchmark.rebuild_tables("toy", tmp_path / "results", properties)
     table = (tmp_path / "results" / "toy.md").read_text()
-    protocol_part, other_part = table.split("## Other seeds")
-    assert "| B | **0.1200** |" in protocol_part  # best of the protocol's seed, not of the other split
-    assert "A-seed-7" not in protocol_part and "| A-seed-7 | 7 | 0.3000 |" in other_part
-    provenance = protocol_part.split("## Provenance")[1]
-    assert "`0123456789ab-dirty` |" in provenance and "`0123456789ab` |" in provenance  # B ran from uncommitted changes
+    headline = table.split("## Headline")[1].split("## Over seeds")[0]
+    assert "| EASE (tuned, 20 trials) | **0.1300** |" in headline  # the best row of the protocol's seed
+    assert "| CLLM4Rec, no transformer blocks (control) | 0.1150 |" in headline and "| Pop | 0.1000 |" in headline
+    assert "lr-1e-2" not in table and "seed-7" not in table
+    over_seeds = table.split("## Over seeds")[1].split("## All test metrics")[0]
+    assert f"| EASE (tuned, 20 trials) | {seed}, {seed + 1}, {seed + 2} | 0.1400 ± 0.0100 |" in over_seeds
+    assert "`0123456789ab-dirty` |" in table and "`0123456789ab` |" in table  # Pop ran from uncommitted changes
+    variants = (tmp_path / "results" / "toy-variants.md").read_text()
+    assert "| CLLM4Rec-lr-1e-2 | 2020 | 0.3000 |" in variants and "| CLLM4Rec-seed-7 | 7 | 0.4000 |" in variants
+    assert "| EASE" not in variants.split("## Provenance")[0]
     rows = list(csv.reader(open(tmp_path / "results" / "toy.csv")))
-    assert rows[0][-1] == "seed" and {(row[0], row[-1]) for row in rows[1:]} == {
-        ("A", str(protocol["seed"])), ("B", str(protocol["seed"])), ("A-seed-7", "7")}
+    assert rows[0][-2:] == ["seed", "table"] and ("CLLM4Rec-lr-1e-2", "2020", "variants") in {
+        (row[0], row[-2], row[-1]) for row in rows[1:]}
+    assert (tmp_path / "results" / "toy.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_readme_comparison_table_matches_the_committed_records():
