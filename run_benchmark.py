@@ -26,6 +26,7 @@ def parse_arguments(argv):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--label", default=None,
                         help="row name in the table (default: the model name; with several models, <model>-<label>)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the record (or tuned row) this label already has in results/")
     parser.add_argument("--profile", choices=PROFILES, default=None,
@@ -45,6 +46,10 @@ def parse_arguments(argv):
 
 def main(argv=None):
     arguments, recbole_arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if any(argument.startswith("--nproc") for argument in recbole_arguments):
+        print("error: run_benchmark.py trains in one process; for several, call recbole.quick_start.run(..., "
+              "nproc=N) after `import recbole_cllm4rec` (docs/recbole-compat.md)", file=sys.stderr)
+        return 2
     config_files = split_config_files(arguments.config_files)
     # progress bars where someone watches; one line per pass in logs (a --show_progress argument still wins)
     config_dict = {"show_progress": sys.stderr.isatty()}
@@ -71,7 +76,9 @@ def main(argv=None):
                 headline = ", ".join(f"{key}={record['test'][key]:.4f}" for key in ("recall@20", "recall@40", "ndcg@100")
                                      if key in record["test"])
                 print(f"{record['label']} on {arguments.dataset}: {headline} ({record['wall_time_s']} s)")
-    except BenchmarkError as error:
+    except (BenchmarkError, ValueError, FileNotFoundError) as error:  # what was asked for, not a fault of ours
+        if arguments.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -201,17 +201,12 @@ def keep_first_layers(model, num_layers):
     return model
 
 
-BACKBONE_INITIALISATIONS = ("pretrained", "random")
-
-
 def load_backbone(llm_path=None, num_layers=None, cache_dir=None, initialisation="pretrained"):
     """Return ``(model, tokenizer)``: a frozen causal LM in eval mode and its tokenizer. ``initialisation:
     random`` keeps the architecture and tokenizer but draws every weight afresh (the architecture's own
     initialiser, from torch's global generator), the control for what pretraining contributes."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    if initialisation not in BACKBONE_INITIALISATIONS:
-        raise ValueError(f"llm_initialisation must be one of {list(BACKBONE_INITIALISATIONS)}, got {initialisation!r}")
     source = resolve_llm_path(llm_path, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

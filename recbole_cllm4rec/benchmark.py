@@ -25,6 +25,7 @@ import yaml
 import recbole_cllm4rec  # noqa: F401  (applies the RecBole fixes, registers CLLM4Rec)
 from recbole_cllm4rec import compat
 from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured
+from recbole_cllm4rec.per_user import collect_per_user, write_per_user
 
 HEADLINE_METRICS = ["recall@20", "recall@40", "ndcg@100"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +128,50 @@ def config_files_for(model, dataset, properties_dir, extra_files=()):
         if not Path(path).is_file():
             raise BenchmarkError(f"Config file not found: {path}")
         files.append(str(path))
+    for path in files:
+        read_yaml(path)
     return files
+
+
+def read_yaml(path):
+    """A yaml file's settings, or a BenchmarkError naming the file and line of a syntax error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise BenchmarkError(f"{path}{where}: not valid yaml ({problem})") from None
+
+
+# Keys RecBole reads without a default in its properties (multi-process runs), and the runner's own
+RUN_KEYS = {"nproc", "world_size", "ip", "port", "offset", "local_rank", "distributed_backend", "single_spec",
+            "cpu_keep_freed_memory", "valid_metric_bigger"}
+
+
+def check_known_keys(config, user_keys, protocol_keys=()):
+    """Refuse a key that neither RecBole, the model (with its trainer) nor the protocol knows, with the closest
+    known key: RecBole's Config keeps unknown keys silently, so a typo would run the defaults."""
+    import difflib
+
+    known = set(config.internal_config_dict) | set(protocol_keys) | RUN_KEYS
+    for key in sorted(set(user_keys) - known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise BenchmarkError(f"Unknown setting '{key}' for {config['model']}{hint} (RecBole's, the model's and the "
+                             f"protocol's keys are known; see the model's yaml)")
+
+
+def user_setting_keys(config_files, config_dict, recbole_arguments):
+    """The keys a user set: in their own config files, the config dict and ``--key=value`` arguments."""
+    keys = set(config_dict or {})
+    for path in config_files:
+        keys.update(read_yaml(path))
+    for argument in recbole_arguments:
+        if argument.startswith("--") and "=" in argument:
+            keys.add(argument[2:].split("=", 1)[0])
+    return keys
 
 
 @contextlib.contextmanager
@@ -165,7 +209,19 @@ def protocol_config(model, dataset, properties_dir=PROJECT_ROOT / "properties", 
     ``config_dict`` and ``--key=value`` arguments; relative paths anchored, the dataset checked."""
     model = canonical_model_name(model)
     files = config_files_for(model, dataset, properties_dir, config_files)
-    config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
+    try:
+        config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
+    except ValueError as error:  # e.g. an unknown profile
+        raise BenchmarkError(str(error)) from None
+    protocol_keys = {key for path in files if path not in map(str, config_files) for key in read_yaml(path)}
+    check_known_keys(config, user_setting_keys(config_files, config_dict, recbole_arguments), protocol_keys)
+    if model == "CLLM4Rec":
+        from recbole_cllm4rec.options import check_options
+
+        try:
+            check_options(config)
+        except ValueError as error:
+            raise BenchmarkError(str(error)) from None
     anchor_relative_paths(config)
     check_dataset(dataset, config["data_path"], properties_dir, download)
     return config, files
@@ -231,6 +287,7 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     init_logger(config)
     logger = getLogger()
     keep_freed_memory_if_configured(config)  # any model whose file or command line asks for it
+    compat.score_real_mask_slots_only_in_bert4rec()  # the runner's speed-up; importing the plugin changes no model
     started, commit = time(), git_commit()  # the code that runs is the code this process loaded
 
     built = build_untrained(config)
@@ -251,7 +308,8 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=True, show_progress=config["show_progress"], callback_fn=record_validation
     )
-    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
+    with collect_per_user(trainer, train_data._dataset, config["topk"]) as per_user_rows:
+        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=config["show_progress"])
     record = {
         "model": model,
         "label": label or model,
@@ -274,7 +332,12 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(extra_record or {})
+    if per_user_rows:
+        record["per_user_file"] = per_user_path(results_dir, dataset, record["label"]).name
     if write:
+        if per_user_rows:
+            per_user_path(results_dir, dataset, record["label"]).parent.mkdir(parents=True, exist_ok=True)
+            write_per_user(per_user_path(results_dir, dataset, record["label"]), per_user_rows, train_data._dataset)
         publish_record(record, results_dir, properties_dir)
     logger.info(f"test result: {dict(test_result)}")
     return record
@@ -349,6 +412,10 @@ def cpu_model():
 # ----- records and tables ----------------------------------------------------------------------------------
 def record_path(results_dir, dataset, label):
     return Path(results_dir) / dataset / f"{label}.json"
+
+
+def per_user_path(results_dir, dataset, label):
+    return Path(results_dir) / dataset / f"{label}.users.csv.gz"
 
 
 def write_record(record, results_dir):
@@ -458,10 +525,19 @@ def is_main_row(record, protocol_seed):
     return label in (record.get("model"), f"{record.get('model')}-tuned")
 
 
+def schedule_note(record):
+    """A CLLM4Rec row trained on a fixed-length schedule says so: the cpu profile now follows validation."""
+    config = record.get("config", {})
+    decay = config.get("finetune_lr_decay")
+    if record.get("model") != METHOD or decay in (None, "plateau") or "profile_applied" in config:
+        return ""
+    return f" [former cpu profile: {decay} decay over {config.get('epochs')} epochs]"
+
+
 def display_name(record):
     label = base_label(record["label"])
     if label in METHOD_ROWS:
-        return METHOD_ROWS[label]
+        return METHOD_ROWS[label] + schedule_note(record)
     if label.endswith("-tuned") and record.get("tuning"):
         return f"{label[:-len('-tuned')]} (tuned, {record['tuning']['n_trials']} trials)"
     return label
@@ -522,6 +598,9 @@ def rebuild_tables(dataset, results_dir, properties_dir):
             writer.writerow([record["label"], *(record["test"].get(metric, "") for metric in metrics), record["seed"],
                              "main" if is_main_row(record, protocol_seed) else "variants"])
     main = [record for record in records if is_main_row(record, protocol_seed)]
+    variants = [record for record in records if not is_main_row(record, protocol_seed)]
+    if not main:  # nothing of the protocol's rows yet (e.g. only other seeds): one table of them all
+        main, variants = records, []
     main_at_seed = [record for record in main if record["seed"] == protocol_seed] or main
     stats = seed_statistics(main, headline, protocol_seed)
     lines = [f"# {dataset}", "", protocol_text(properties_dir, dataset), "",
@@ -553,7 +632,7 @@ def rebuild_tables(dataset, results_dir, properties_dir):
               for key in ("label_note", "git_commit_note", "tuning_note") if record.get(key)]
     lines.append("")
     (results_dir / f"{dataset}.md").write_text("\n".join(lines), encoding="utf-8")
-    write_variants_table(dataset, [record for record in records if not is_main_row(record, protocol_seed)], headline, results_dir)
+    write_variants_table(dataset, variants, headline, results_dir)
     plot_headline(main_at_seed, results_dir / f"{dataset}.png", dataset, headline, stats)
 
 

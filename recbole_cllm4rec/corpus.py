@@ -267,6 +267,16 @@ class CLLM4RecCorpus:
     def _recommendation_room(self):
         return self.max_seq_length - self.recommendation_template.length_without_history()
 
+    def longest_document(self):
+        """The most tokens any training or scoring document of this dataset holds (content at its budget)."""
+        users = [user for user in range(1, len(self.user_histories)) if len(self.user_histories[user])]
+        lengths = [len(self.scoring_document(user).tokens) for user in users]
+        lengths += [len(document.tokens) for document in self.collaborative_documents()]
+        if self.has_content:
+            lengths += [min(len(document.tokens), document.main_start + self.content_max_tokens)
+                        for document in self.content_documents]
+        return max(lengths, default=0)
+
     def tokens_per_pass(self):
         """Tokens one pass of each kind reads, for a time estimate: a recommendation or scoring pass is counted
         with each user's whole history visible (its upper bound), a content pass at its token budget."""

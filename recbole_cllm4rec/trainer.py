@@ -130,9 +130,6 @@ class CLLM4RecTrainer(Trainer):
             raise ValueError("user_table_updates: lazy works with one process and no clip_grad_norm (the user "
                              "tables' gradients are sparse); use user_table_updates: dense there")
         self.finetune_lr_decay = config["finetune_lr_decay"] or "none"
-        known_decays = sorted(FINETUNE_LR_DECAYS) + sorted(VALIDATION_DRIVEN_DECAYS)
-        if self.finetune_lr_decay not in known_decays:
-            raise ValueError(f"finetune_lr_decay must be one of {known_decays}, got {self.finetune_lr_decay!r}")
         self.plateau_decay_factor = config["plateau_decay_factor"]
         self.plateau_factor = 1.0  # the rate's multiple under plateau decay: halved (by default) at every stall
         self.content_warmup_epochs = config["content_warmup_epochs"]

@@ -49,7 +49,7 @@ def test_full_variant_from_a_benchmark_record_only_when_it_ran_the_same_configur
 
     import pytest
 
-    profile = "properties/model/CLLM4Rec-experiment.yaml"
+    profile = "properties/model/CLLM4Rec-gpu-short.yaml"
     record = {"model": "CLLM4Rec", "dataset": "amazon-beauty", "test": {}, "command_line_overrides": ["--show_progress=False"],
               "config_files": ["properties/overall.yaml", "properties/dataset/amazon-beauty.yaml", profile]}
     path = tmp_path / "CLLM4Rec.json"

@@ -75,6 +75,54 @@ def test_command_line_refuses_to_replace_a_committed_row():
     assert committed.read_text() == before
 
 
+@pytest.mark.parametrize("model, arguments, message", [
+    ("CLLM4Rec", ["--llm_num_layer=1"], "Unknown setting 'llm_num_layer' for CLLM4Rec; did you mean 'llm_num_layers'?"),
+    ("CLLM4Rec", ["--mask_ration=0.5"], "did you mean 'mask_ratio'?"),
+    ("BPR", ["--llm_num_layers=1"], "Unknown setting 'llm_num_layers' for BPR"),
+    ("CLLM4Rec", ["--mask_ratio=1.5"], "mask_ratio=1.5 is not allowed: a number > 0 and < 1"),
+    ("CLLM4Rec", ["--mask_ratio=0"], "mask_ratio=0 is not allowed"),
+    ("CLLM4Rec", ["--epochs=0"], "epochs=0 is not allowed: an integer >= 1"),
+    ("CLLM4Rec", ["--user_state=first"], "user_state='first' is not allowed: one of last, mean, history_mean"),
+    ("CLLM4Rec", ["--profile=fast"], "profile must be one of"),
+])
+def test_unknown_keys_and_impossible_values_are_refused_before_any_work(data_root, properties, tmp_path, model,
+                                                                         arguments, message):
+    with pytest.raises(BenchmarkError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        run_tiny(model, data_root, properties, tmp_path, recbole_arguments=arguments)
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_malformed_yaml_is_named_with_its_line(data_root, properties, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: 3\nlearning_rate: [0.1\n")
+    with pytest.raises(BenchmarkError, match=r"broken.yaml, line \d+: not valid yaml"):
+        run_tiny("BPR", data_root, properties, tmp_path, config_files=[str(broken)])
+
+
+def test_command_line_errors_are_one_line_with_exit_code_2():
+    for arguments in (["--model=CLLM4Rec", "--dataset=ml-100k", "--mask_ration=0.5"],
+                      ["--model=CLLM4Rec", "--dataset=ml-100k", "--nproc=2"]):
+        completed = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_benchmark.py"), *arguments],
+                                   capture_output=True, text=True, cwd=PROJECT_ROOT)
+        errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+        assert completed.returncode == 2 and len(errors) == 1 and "Traceback" not in completed.stderr, completed.stderr
+
+
+def test_every_record_keeps_per_user_metrics_that_average_to_its_test_metrics(data_root, properties, tmp_path):
+    from recbole_cllm4rec.per_user import read_per_user
+
+    for model in ("BPR", "SASRec"):
+        record = run_tiny(model, data_root, properties, tmp_path)
+        users = read_per_user(tmp_path / "results" / "tiny" / record["per_user_file"])
+        assert len(users) == 40  # every tiny user is tested
+        for metric in ("recall@20", "ndcg@10"):
+            mean = sum(user[metric] for user in users.values()) / len(users)
+            assert round(mean, 4) == pytest.approx(record["test"][metric], abs=1.5e-4), (model, metric)
+        for user in users.values():
+            assert user["head_hits@20"] + user["tail_hits@20"] == round(user["recall@20"] * user["n_test"])
+            assert user["n_train"] > 0
+
+
 def test_cpu_keep_freed_memory_applies_to_any_model_that_asks(data_root, properties, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append("kept"))
@@ -218,3 +266,26 @@ def test_readme_comparison_table_matches_the_committed_records():
                 assert f"({record['tuning']['n_trials']} trials" in cell, label
             checked += 1
     assert checked >= 19
+
+
+def test_paired_wilcoxon_matches_a_hand_computed_case():
+    from recbole_cllm4rec.per_user import paired_wilcoxon
+
+    # five users, every difference positive and distinct: W- = 0, and of the 2^5 equally likely sign patterns
+    # only "all +" and "all -" are as extreme, so the exact two-sided p is 2/32
+    difference, users, differing, p_value = paired_wilcoxon([1, 2, 3, 4, 5, 7], [0, 0, 0, 0, 0, 7])
+    assert (users, differing) == (6, 5) and difference == pytest.approx(15 / 6)
+    assert p_value == pytest.approx(2 / 32)
+    # a user with no difference anywhere: p = 1
+    assert paired_wilcoxon([0.5, 0.5], [0.5, 0.5])[3] == 1.0
+
+
+def test_significance_report_pairs_users_and_slices_them(data_root, properties, tmp_path):
+    sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
+    import significance
+
+    run_tiny("BPR", data_root, properties, tmp_path)
+    run_tiny("Pop", data_root, properties, tmp_path)
+    text = significance.report("tiny", "BPR", "Pop", [], tmp_path / "results")
+    assert "40 test users" in text and "Wilcoxon" in text
+    assert text.count("| recall@20 |") == 1 and "| head |" in text and "| tail |" in text

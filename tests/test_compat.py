@@ -120,6 +120,9 @@ def test_cause_i_bert4rec_scores_real_mask_slots_only_with_recboles_loss_and_gra
         loss.backward()
         return loss.detach(), [parameter.grad.clone() for parameter in model.parameters()], torch.get_rng_state()
 
+    from recbole_cllm4rec import compat
+
+    compat.score_real_mask_slots_only_in_bert4rec()  # as the benchmark runner does
     assert BERT4Rec.calculate_loss.__wrapped_by_recbole_cllm4rec__
     patched = loss_gradients_and_rng(BERT4Rec.calculate_loss)
     recbole = loss_gradients_and_rng(BERT4Rec.calculate_loss.__wrapped__)
@@ -127,3 +130,20 @@ def test_cause_i_bert4rec_scores_real_mask_slots_only_with_recboles_loss_and_gra
     for mine, theirs in zip(patched[1], recbole[1]):
         assert torch.allclose(mine, theirs, atol=1e-7)
     assert torch.equal(patched[2], recbole[2])  # the same dropout masks were drawn: the same training trajectory
+
+
+def test_importing_the_plugin_changes_no_other_model():
+    """A guest: RecBole's own models keep their methods on ``import recbole_cllm4rec``."""
+    import subprocess
+    import sys
+
+    script = (
+        "import recbole.model.sequential_recommender.bert4rec as b, recbole.model.general_recommender.bpr as p\n"
+        "before = (b.BERT4Rec.calculate_loss, p.BPR.calculate_loss)\n"
+        "import recbole_cllm4rec\n"
+        "assert (b.BERT4Rec.calculate_loss, p.BPR.calculate_loss) == before\n"
+        "from recbole.utils import get_model\n"
+        "assert get_model('CLLM4Rec') is recbole_cllm4rec.CLLM4Rec\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]

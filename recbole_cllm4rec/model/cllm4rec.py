@@ -26,7 +26,7 @@ from recbole.utils import InputType, set_color
 from torch import nn
 
 from recbole_cllm4rec.backbone import add_residual_dropout, dropout, load_backbone, take_final_norm
-from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured
+from recbole_cllm4rec.options import check_batch_budgets, check_options
 from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_documents
 
 
@@ -52,6 +52,7 @@ class CLLM4Rec(GeneralRecommender):
     frozen_prefixes = ("backbone.", "vocab_head.", "final_norm.")
 
     def __init__(self, config, dataset):
+        check_options(config)
         super().__init__(config, dataset)
         getLogger().info(
             set_color("CLLM4Rec profile", "green") + f": {config['profile_applied']} ({config['profile_reason']}); "
@@ -61,7 +62,6 @@ class CLLM4Rec(GeneralRecommender):
         self.llm_path = config["llm_path"]
         self.llm_num_layers = config["llm_num_layers"]
         self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
-        keep_freed_memory_if_configured(config)
         self.reg_weight = config["reg_weight"]
         self.mask_ratio = config["mask_ratio"]
         self.finetune_target = config["finetune_target"]
@@ -69,35 +69,17 @@ class CLLM4Rec(GeneralRecommender):
         self.id_embedding_max_norm = config["id_embedding_max_norm"]
         self.user_learning_rate_scale = config["user_learning_rate_scale"]
         self.soft_token_scale = config["soft_token_scale"]
-        if not self.soft_token_scale > 0:
-            raise ValueError(f"soft_token_scale must be positive, got {self.soft_token_scale!r}")
-        if not self.user_learning_rate_scale > 0:
-            raise ValueError(f"user_learning_rate_scale must be positive, got {self.user_learning_rate_scale!r}")
         self.user_table_updates = config["user_table_updates"]
-        if self.user_table_updates not in ("dense", "lazy"):
-            raise ValueError(f"user_table_updates must be 'dense' or 'lazy', got {self.user_table_updates!r}")
-        if self.id_embedding_max_norm is not None and not self.id_embedding_max_norm > 0:
-            raise ValueError(f"id_embedding_max_norm must be a positive number or ~, got {self.id_embedding_max_norm!r}")
         self.item_text_fields = config["item_text_fields"]
         self.eval_batch_tokens = config["eval_batch_tokens"]
         self.seed = config["seed"]
         self.user_state = config["user_state"]
-        if self.user_state not in ("last", "mean", "history_mean"):
-            raise ValueError(f"user_state must be 'last', 'mean' or 'history_mean', got {self.user_state!r}")
         self.item_head_input = config["item_head_input"]
-        if self.item_head_input not in ("normed", "residual", "layer_mix"):
-            raise ValueError(
-                f"item_head_input must be 'normed', 'residual' or 'layer_mix', got {self.item_head_input!r}"
-            )
-        if self.finetune_target not in ("held_out", "all"):
-            raise ValueError(f"finetune_target must be 'held_out' or 'all', got {self.finetune_target!r}")
 
         self.backbone, self.tokenizer = load_backbone(
             self.llm_path, self.llm_num_layers, config["llm_cache_dir"], config["llm_initialisation"]
         )
         self.llm_dropout = config["llm_dropout"]
-        if not 0 <= self.llm_dropout < 1:
-            raise ValueError(f"llm_dropout must be in [0, 1), got {self.llm_dropout!r}")
         if self.llm_dropout:
             add_residual_dropout(self.backbone, self.llm_dropout, lambda: self.training)
         # ``item_head_input: residual``: the collaborative side (item head) reads the last block's output, the
@@ -116,6 +98,7 @@ class CLLM4Rec(GeneralRecommender):
         if self.vocab_size < len(self.tokenizer):
             raise ValueError("The backbone's embedding matrix is smaller than its tokenizer's vocabulary")
         self.corpus = CLLM4RecCorpus(dataset, self.tokenizer, config, self.vocab_size, self.logger)
+        check_batch_budgets(config, self.corpus.longest_document())
         self.token_space = self.corpus.token_space
 
         # ``user_table_updates: lazy``: the user tables' gradients are sparse (only the batch's users' rows), and
