@@ -13,6 +13,11 @@ own run_recbole.py.
 
 import argparse
 import sys
+import warnings
+
+# RecBole 1.2.1's deprecation warnings on today's pandas, torch and setuptools say nothing about a run; ours stay
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from recbole_cllm4rec.benchmark import BenchmarkError, run, split_config_files
 from recbole_cllm4rec.profiles import PROFILES

@@ -324,6 +324,10 @@ def settle_after_every_trial(n_trials, lock_path, logger):
         if judged or queued:
             logger.info(f"Optuna study {study.study_name}: after trial {trial.number}, {judged} cut-off configurations "
                         f"pruned on their recorded epochs, {queued} queued to run again")
+        states = [other.state for other in study.get_trials(deepcopy=False) if reached_verdict(other)]
+        complete = sum(state == optuna.trial.TrialState.COMPLETE for state in states)
+        logger.info(f"Optuna study {study.study_name}: {len(states)} of {n_trials} trials done ({complete} complete, "
+                    f"{len(states) - complete} pruned or failed), {max(n_trials - len(states), 0)} left")
 
     return callback
 
