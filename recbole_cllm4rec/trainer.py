@@ -21,10 +21,12 @@ embeddings, optimizer, stage, position, early-stopping state) is written atomica
 checkpoint format, so ``Trainer.evaluate`` and ``load_data_and_model`` read it as usual.
 """
 
+import glob
 import hashlib
 import json
 import math
 import os
+import pickle
 from time import time
 
 import torch
@@ -150,10 +152,15 @@ class CLLM4RecTrainer(Trainer):
         self.loss_history = []  # (stage, pass name, epoch, language loss, regularisation)
 
     @staticmethod
-    def run_signature(config):
-        """A short hash of everything that changes the computation, so checkpoints of other runs never mix."""
+    def run_identity(config):
+        """Everything that changes the computation, as text per key."""
         final = config.final_config_dict
-        identity = {key: repr(final[key]) for key in sorted(final) if key not in NON_IDENTITY_KEYS}
+        return {key: repr(final[key]) for key in sorted(final) if key not in NON_IDENTITY_KEYS}
+
+    @staticmethod
+    def run_signature(config):
+        """A short hash of the run's identity, so checkpoints of other runs never mix."""
+        identity = CLLM4RecTrainer.run_identity(config)
         return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
     def _pretrain_schedule(self):
@@ -306,6 +313,7 @@ class CLLM4RecTrainer(Trainer):
         self._atomic_save(
             {
                 "run_name": self.run_name,
+                "identity": self.run_identity(self.config),
                 "stage": self.stage,
                 "passes_done": self.passes_done,
                 "epoch": epoch,
@@ -340,9 +348,18 @@ class CLLM4RecTrainer(Trainer):
             self.logger.info(set_color("Saving current best", "blue") + f": {self.saved_model_file}")
 
     def _load_progress(self):
-        if not (self.resume and os.path.isfile(self.last_checkpoint_file)):
+        if not self.resume:
             return None
-        state = torch.load(self.last_checkpoint_file, map_location=self.device, weights_only=False)
+        if not os.path.isfile(self.last_checkpoint_file):
+            self._refuse_other_configurations()
+            return None
+        try:
+            state = torch.load(self.last_checkpoint_file, map_location=self.device, weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            raise ValueError(
+                f"resume: the checkpoint {self.last_checkpoint_file} cannot be read ({str(error).splitlines()[0]}); "
+                f"it is damaged or incomplete: move it away to start this run afresh"
+            ) from None
         self.model.load_state_dict(state["state_dict"])
         self.stage, self.passes_done = state["stage"], state["passes_done"]
         self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
@@ -357,6 +374,30 @@ class CLLM4RecTrainer(Trainer):
             f"finetuning epoch {state['epoch'] + 1}"
         )
         return state
+
+    def _refuse_other_configurations(self):
+        """``resume: True`` and no checkpoint of this configuration: where this model and dataset have checkpoints
+        of other configurations, say how they differ and refuse, rather than start afresh unasked."""
+        prefix = f"{self.config['model']}-{self.config['dataset']}-"
+        others = sorted(glob.glob(os.path.join(glob.escape(self.checkpoint_dir), f"{prefix}*-last.pth")),
+                        key=os.path.getmtime)
+        if not others:
+            return
+        latest = others[-1]
+        try:
+            recorded = torch.load(latest, map_location="cpu", weights_only=False).get("identity")
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+            recorded = None
+        if recorded is None:
+            differences = "its settings were not recorded"
+        else:
+            current = self.run_identity(self.config)
+            changed = [f"{key}: {recorded.get(key, 'unset')} -> {current.get(key, 'unset')}"
+                       for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+            differences = "it differs in " + "; ".join(changed[:8]) + ("; ..." if len(changed) > 8 else "")
+        raise ValueError(f"resume: no checkpoint of this configuration in {self.checkpoint_dir}; the latest of "
+                         f"{self.config['model']} on {self.config['dataset']} is {latest}, and {differences}. Resume "
+                         f"with that run's settings, or pass --resume=False to start this one afresh")
 
     # ----- the two stages ------------------------------------------------------------------------------
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):

@@ -731,3 +731,25 @@ def test_building_the_model_leaves_the_process_malloc_alone(data_root, tmp_path,
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
     build(data_root, tmp_path, tiny_llama, cpu_keep_freed_memory=True)
     assert calls == []  # the benchmark runner applies it, where it is documented
+
+
+def test_resume_with_another_configuration_names_the_differences_and_refuses(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, resume=True, epochs=1)
+    CLLM4RecTrainer(config, model).fit(train_data, valid_data)
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, resume=True, epochs=2)
+    with pytest.raises(ValueError, match=r"differs in epochs: 1 -> 2.*--resume=False"):
+        CLLM4RecTrainer(config, model).fit(train_data, valid_data)
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, resume=False, epochs=2)
+    CLLM4RecTrainer(config, model).fit(train_data, valid_data)  # asked to start afresh: it does
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(data_root, tmp_path, tiny_llama):
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, resume=True, epochs=1)
+    trainer = CLLM4RecTrainer(config, model)
+    trainer.fit(train_data, valid_data)
+    with open(trainer.last_checkpoint_file, "r+b") as handle:
+        handle.truncate(100)
+    config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, resume=True, epochs=1)
+    trainer = CLLM4RecTrainer(config, model)
+    with pytest.raises(ValueError, match=r"-last.pth cannot be read .*damaged or incomplete: move it away"):
+        trainer.fit(train_data, valid_data)
