@@ -126,6 +126,22 @@ def _loads_trusted_checkpoints(function):
     return wrapper
 
 
+def _checks_plugin_model_data(function):
+    """For a plugin model's checkpoint, a missing dataset is named instead of RecBole reaching for a download
+    (of whatever dataset of the same name it knows)."""
+
+    @functools.wraps(function)
+    def load_data_and_model(model_file, *args, **kwargs):
+        config = torch.load(model_file, map_location="cpu", weights_only=False)["config"]
+        interactions = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+        if config["model"] in PLUGIN_MODEL_FILES and not os.path.isfile(interactions):
+            raise FileNotFoundError(f"{model_file}: its dataset is gone, {interactions} does not exist; put the atomic "
+                                    f"files back there (the checkpoint records where they were)")
+        return function(model_file, *args, **kwargs)
+
+    return load_data_and_model
+
+
 def _patch_checkpoint_loading():
     from recbole.trainer import trainer as trainer_module
 
@@ -139,7 +155,7 @@ def _patch_checkpoint_loading():
 
     original = quick_start_module.load_data_and_model
     if not getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
-        wrapped = _loads_trusted_checkpoints(original)
+        wrapped = _loads_trusted_checkpoints(_checks_plugin_model_data(original))
         quick_start_module.load_data_and_model = wrapped
         quick_start_package.load_data_and_model = wrapped
 

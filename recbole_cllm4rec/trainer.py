@@ -52,7 +52,7 @@ def format_duration(seconds):
 
 
 # Keys that do not change what a run computes; they are left out of the run's identity.
-NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "show_progress", "state", "log_wandb", "gpu_id", "device",
+NON_IDENTITY_KEYS = {"resume", "checkpoint_dir", "data_path", "show_progress", "state", "log_wandb", "gpu_id", "device",
                      "eval_batch_size", "eval_batch_tokens", "worker", "tensorboard", "local_rank", "ip", "port",
                      "offset", "verbose"}
 
@@ -125,6 +125,8 @@ class LazyUserRowsAdam:
 
 class CLLM4RecTrainer(Trainer):
     def __init__(self, config, model):
+        # the checkpoints carry the config: absolute paths let load_data_and_model find the data from anywhere
+        config["data_path"] = os.path.abspath(config["data_path"])
         super().__init__(config, model)
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
         self.finetune_learning_rate = config["learning_rate"]

@@ -289,3 +289,27 @@ def test_significance_report_pairs_users_and_slices_them(data_root, properties, 
     text = significance.report("tiny", "BPR", "Pop", [], tmp_path / "results")
     assert "40 test users" in text and "Wilcoxon" in text
     assert text.count("| recall@20 |") == 1 and "| head |" in text and "| tail |" in text
+
+
+def test_a_saved_cllm4rec_checkpoint_loads_from_any_directory(data_root, properties, tmp_path, tiny_llama, monkeypatch):
+    import shutil
+
+    from conftest import cllm4rec_config
+    from recbole.quick_start import load_data_and_model
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "tiny", data / "tiny")
+    settings = cllm4rec_config(data, tmp_path, tiny_llama, epochs=1, pretrain_rounds=0)
+    settings.pop("topk"), settings.pop("valid_metric"), settings.pop("metrics")
+    monkeypatch.chdir(tmp_path)
+    settings["data_path"] = "data/"  # relative, as in the protocol
+    benchmark.run("CLLM4Rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results", config_dict=settings)
+    checkpoint = next((tmp_path / "saved").glob("CLLM4Rec-tiny-*-best.pth"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config, model, *_ = load_data_and_model(str(checkpoint))
+    assert config["data_path"] == str(data / "tiny") and model.n_items == 25
+    shutil.rmtree(data)
+    with pytest.raises(FileNotFoundError, match="its dataset is gone"):
+        load_data_and_model(str(checkpoint))
