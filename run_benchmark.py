@@ -69,11 +69,16 @@ def main(argv=None):
             if arguments.tune:
                 from recbole_cllm4rec.tuning import tune
 
-                tune(model, arguments.dataset, n_trials=arguments.n_trials, timeout=arguments.timeout,
+                study = tune(model, arguments.dataset, n_trials=arguments.n_trials, timeout=arguments.timeout,
                      storage=arguments.storage, study_name=arguments.study_name, config_files=config_files,
                      config_dict=config_dict, recbole_arguments=recbole_arguments,
                      search_space=arguments.search_space, overwrite=arguments.overwrite,
                      final_run=None if arguments.final_run == "none" else arguments.final_run)
+                if not study.outputs_written:
+                    print(f"error: the search of {model} ended without its outputs: other workers still run trials "
+                          f"of study {study.study_name}, and the last of them writes best.yaml and the tuned row",
+                          file=sys.stderr)
+                    return 3
             else:
                 record = run(model, arguments.dataset, config_files=config_files, config_dict=config_dict,
                              recbole_arguments=recbole_arguments, download=arguments.download, label=label,

@@ -17,7 +17,8 @@ metrics), so a worker cut off mid-trial (Ctrl-C, a killed process, a machine tak
 trial reached on record for the pruner; a new storage (a fresh checkout: the SQLite file is not in git) starts
 from the trials recorded there for the same study name and search space, so a search can go on across
 machines and restarts (``trials.csv`` of older searches serves where there is
-no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh. Several
+no ``trials.json``; it holds no per-epoch scores). Another ``--study_name`` starts afresh, in its own folder
+``tuning/<Model>-<study name>/``. Several
 workers on one study (the same command started more than once, here or on other machines) share
 ``--n_trials`` between them; the last worker to finish writes the outputs and trains the best configuration.
 
@@ -39,6 +40,7 @@ import fcntl
 import json
 import math
 import os
+import socket
 import statistics
 import warnings
 from datetime import datetime
@@ -72,9 +74,33 @@ def reached_verdict(trial):
     )
 
 
+WORKER = "worker"  # the trial's user attribute naming the process running it: host and pid
+
+
+def this_worker():
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def process_is_gone(worker):
+    """A worker of this machine whose process no longer exists (killed, crashed); other machines' are unknown."""
+    if not worker or worker.get("host") != socket.gethostname() or worker.get("pid") == os.getpid():
+        return False
+    try:
+        os.kill(worker["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def fail_stale_trials(study):
-    """Mark trials whose worker stopped sending heartbeats as failed. Optuna calls the function experimental
-    (stable in use since 2.9) and would warn at every call, after every trial."""
+    """Mark as failed the running trials whose worker is gone: a process of this machine that no longer exists at
+    once, any other once it stops sending heartbeats. Optuna calls its heartbeat check experimental (stable in use
+    since 2.9) and would warn at every call, after every trial."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if process_is_gone(trial.user_attrs.get(WORKER)):
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -232,6 +258,13 @@ def default_storage(dataset, model):
     path = PROJECT_ROOT / "saved" / "optuna" / dataset / f"{model}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def study_folder(results_dir, dataset, model, study_name):
+    """``tuning/<Model>/`` for the default study, ``tuning/<Model>-<study name>/`` for any other: every study keeps
+    its own ``trials.json`` and outputs, so a second study never overwrites the record the first resumes from."""
+    default = study_name == f"{dataset}-{model}"
+    return Path(results_dir) / dataset / "tuning" / (model if default else f"{model}-{study_name}")
 
 
 def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=True, grace_period=90):
@@ -476,7 +509,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     space_path, space = load_search_space(model, properties_dir, search_space)
     config_dict = dict(config_dict or {})
     study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
-    output = Path(results_dir) / dataset / "tuning" / model
+    output = study_folder(results_dir, dataset, model, study.study_name)
     logger = optuna.logging.get_logger("optuna.recbole_cllm4rec")  # RecBole's logger is set up only per trial
     output.mkdir(parents=True, exist_ok=True)
     lock_path = output / ".restore.lock"
@@ -498,6 +531,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
                    f"could judge them)" if waiting else ""))
 
     def objective(trial):
+        trial.set_user_attr(WORKER, this_worker())
         params = suggest(trial, space)
         try:
             record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
@@ -521,11 +555,13 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
             write_trials(study, output, space_path)  # the cut-off trial as failed, with every epoch it reached
             raise
     fail_stale_trials(study)  # an interrupted run's trials are not workers still busy
+    study.outputs_written = False
     if any(trial.state == optuna.trial.TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
         logger.info("Other workers are still running trials of this study: the last one to finish writes the "
                     "outputs and trains the best configuration.")
         return study
     write_outputs(study, output, space_path)
+    study.outputs_written = True
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
         write_tuned_row(study, model, dataset, final_run, output, space_path, properties_dir, results_dir,
                         config_files, config_dict, recbole_arguments, logger)

@@ -215,8 +215,12 @@ def test_recorded_trials_of_another_space_or_study_are_not_mixed_in(data_root, p
     narrow.write_text(yaml.safe_dump({**SPACE, "learning_rate": {"type": "float", "low": 0.001, "high": 0.02}}))
     with pytest.raises(BenchmarkError, match="another search space.*--study_name"):
         search(data_root, properties, tmp_path, 2, final_run=False, search_space=str(narrow))
+    before = (output / "trials.json").read_text()
     study = search(data_root, properties, tmp_path, 1, final_run=False, study_name="tiny-BPR-afresh")
     assert len(study.trials) == 1 and "restored_from" not in study.user_attrs
+    assert (output / "trials.json").read_text() == before  # the first study's record is untouched
+    own = json.loads((output.parent / "BPR-tiny-BPR-afresh" / "trials.json").read_text())
+    assert own["study_name"] == "tiny-BPR-afresh" and len(own["trials"]) == 1
 
 
 def test_restored_trials_keep_their_numbers_and_cut_off_configurations_run_again(data_root, properties, tmp_path):  # noqa: F811
@@ -387,3 +391,19 @@ def test_cut_off_configurations_run_again_when_no_trials_are_left_for_new_ones(t
     assert tuning.settle_cut_off_configurations(study, 3) == (0, 2)  # two to go: both cut-off ones run again
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [trial.system_attrs["fixed_params"] for trial in waiting] == [configuration_number(1), configuration_number(2)]
+
+
+def test_a_restart_right_after_the_only_worker_was_killed_finishes_the_search(data_root, properties, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a worker killed mid-trial: its heartbeat is still fresh, its process is gone
+    study = tuning.open_study("tiny", "BPR", f"sqlite:///{tmp_path / 'study.db'}")
+    orphan = study.ask()
+    orphan.set_user_attr(tuning.WORKER, {"host": tuning.this_worker()["host"], "pid": dead.pid})
+    study = search(data_root, properties, tmp_path, 2)
+    assert study.outputs_written and orphan.number in {trial.number for trial in study.trials
+                                                       if trial.state == optuna.trial.TrialState.FAIL}
+    assert (tmp_path / "results" / "tiny" / "tuning" / "BPR" / "best.yaml").is_file()
+    assert (tmp_path / "results" / "tiny" / "BPR-tuned.json").is_file()
