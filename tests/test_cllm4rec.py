@@ -138,6 +138,22 @@ def test_finetune_target_option(tiny):
     assert sorted(items.tolist()) == sorted(model.corpus.user_histories[1].tolist())
 
 
+def interrupt_after(trainer, passes, train_data, valid_data):
+    """Fit ``trainer`` until a KeyboardInterrupt after ``passes`` passes, as a killed run; returns the passes run."""
+    original_run_pass, calls = trainer._run_pass, []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == passes:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return original_run_pass(*args, **kwargs)
+
+    trainer._run_pass = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(train_data, valid_data)
+    return calls
+
+
 # during pretraining, during finetuning; with dropout the resumed run must also continue the random stream
 @pytest.mark.parametrize("interrupt_after_passes, llm_dropout, finetune_lr_decay, user_table_updates",
                          [(2, 0.0, "none", "dense"), (7, 0.0, "none", "dense"), (7, 0.3, "cosine", "dense"),
@@ -154,18 +170,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_root, tmp_path
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
                                                              llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay,
                                                              user_table_updates=user_table_updates)
-    trainer = CLLM4RecTrainer(config, model)
-    original_run_pass, calls = trainer._run_pass, []
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == interrupt_after_passes:
-            raise KeyboardInterrupt
-        calls.append(args[0])
-        return original_run_pass(*args, **kwargs)
-
-    trainer._run_pass = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train_data, valid_data)
+    calls = interrupt_after(CLLM4RecTrainer(config, model), interrupt_after_passes, train_data, valid_data)
 
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True,
                                                              llm_dropout=llm_dropout, finetune_lr_decay=finetune_lr_decay,
@@ -589,18 +594,7 @@ def test_plateau_decay_resumes_exactly(data_root, tmp_path, tiny_llama, interrup
     expected_factor = trainer.plateau_factor
 
     config, model, train_data, valid_data, _ = build(data_root, tmp_path / "b", tiny_llama, resume=True, **settings)
-    trainer = CLLM4RecTrainer(config, model)
-    original_run_pass, calls = trainer._run_pass, []
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == interrupt_after_passes:
-            raise KeyboardInterrupt
-        calls.append(args[0])
-        return original_run_pass(*args, **kwargs)
-
-    trainer._run_pass = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train_data, valid_data)
+    calls = interrupt_after(CLLM4RecTrainer(config, model), interrupt_after_passes, train_data, valid_data)
     config, model, train_data, valid_data, test_data = build(data_root, tmp_path / "b", tiny_llama, resume=True, **settings)
     trainer = CLLM4RecTrainer(config, model)
     score, _ = trainer.fit(train_data, valid_data)
