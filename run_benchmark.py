@@ -6,8 +6,9 @@
     python run_benchmark.py --model=CLLM4Rec --dataset=ml-100k --profile=cpu \
         --tune --n_trials=20 --search_space=properties/hyper/CLLM4Rec-cpu.yaml
 
-A run writes results/<dataset>/<label>.json and rebuilds that dataset's tables; a label that already has a record
-is refused unless --overwrite says to replace it. Any other --key=value goes to RecBole's Config, as with RecBole's
+A run with --label writes results/<dataset>/<label>.json and rebuilds that dataset's tables; a label that already
+has a record is refused unless --overwrite says to replace it. A run without --label goes to the git-ignored
+results/scratch/. Any other --key=value goes to RecBole's Config, as with RecBole's
 own run_recbole.py.
 """
 
@@ -19,8 +20,12 @@ import warnings
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from recbole_cllm4rec.benchmark import BenchmarkError, run, split_config_files
+from recbole_cllm4rec.benchmark import PROJECT_ROOT, BenchmarkError, run, split_config_files
 from recbole_cllm4rec.profiles import PROFILES
+
+
+RESULTS_DIR = PROJECT_ROOT / "results"
+SCRATCH_DIR = RESULTS_DIR / "scratch"
 
 
 def parse_arguments(argv):
@@ -30,7 +35,8 @@ def parse_arguments(argv):
     parser.add_argument("--config_files", default="", help="extra yaml files, comma- or space-separated")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--label", default=None,
-                        help="row name in the table (default: the model name; with several models, <model>-<label>)")
+                        help="row name in the committed table (with several models, <model>-<label>); without it the "
+                             "run is ad hoc and goes to results/scratch/")
     parser.add_argument("--debug", action="store_true", help="show the traceback behind an error message")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the record (or tuned row) this label already has in results/")
@@ -80,12 +86,16 @@ def main(argv=None):
                           file=sys.stderr)
                     return 3
             else:
-                record = run(model, arguments.dataset, config_files=config_files, config_dict=config_dict,
-                             recbole_arguments=recbole_arguments, download=arguments.download, label=label,
-                             overwrite=arguments.overwrite)
+                # without --label a run is ad hoc: it goes to the git-ignored scratch folder, never a committed table
+                results_dir = RESULTS_DIR if label else SCRATCH_DIR
+                record = run(model, arguments.dataset, results_dir=results_dir, config_files=config_files,
+                             config_dict=config_dict, recbole_arguments=recbole_arguments, download=arguments.download,
+                             label=label, overwrite=arguments.overwrite or not label)
                 headline = ", ".join(f"{key}={record['test'][key]:.4f}" for key in ("recall@20", "recall@40", "ndcg@100")
                                      if key in record["test"])
-                print(f"{record['label']} on {arguments.dataset}: {headline} ({record['wall_time_s']} s)")
+                print(f"{record['label']} on {arguments.dataset}: {headline} ({record['wall_time_s']} s); record in "
+                      f"{results_dir / arguments.dataset / (record['label'] + '.json')}"
+                      + ("" if label else " (scratch: pass --label=NAME for a row of the committed tables)"))
     except (BenchmarkError, ValueError, FileNotFoundError) as error:  # what was asked for, not a fault of ours
         if arguments.debug:
             raise

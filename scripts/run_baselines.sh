@@ -15,6 +15,6 @@ for model in $MODELS; do
     continue
   fi
   echo "run $model on $DATASET (log: saved/baselines-$DATASET.log)"
-  .venv/bin/python run_benchmark.py --model="$model" --dataset="$DATASET" >> "saved/baselines-$DATASET.log" 2>&1 \
+  .venv/bin/python run_benchmark.py --model="$model" --dataset="$DATASET" --label="$model" >> "saved/baselines-$DATASET.log" 2>&1 \
     || echo "FAILED: $model (see saved/baselines-$DATASET.log)" | tee -a "saved/baselines-$DATASET.log"
 done

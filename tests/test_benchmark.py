@@ -70,7 +70,8 @@ def test_command_line_refuses_to_replace_a_committed_row():
     committed = PROJECT_ROOT / "results" / "amazon-beauty" / "Pop.json"
     before = committed.read_text()
     completed = subprocess.run([sys.executable, str(PROJECT_ROOT / "run_benchmark.py"), "--model=Pop",
-                                "--dataset=amazon-beauty"], capture_output=True, text=True, cwd=PROJECT_ROOT)
+                                "--dataset=amazon-beauty", "--label=Pop"], capture_output=True, text=True,
+                               cwd=PROJECT_ROOT)
     assert completed.returncode == 2 and "--overwrite" in completed.stderr and "Traceback" not in completed.stderr
     assert committed.read_text() == before
 
