@@ -151,6 +151,7 @@ class CLLM4RecTrainer(Trainer):
         self.stage = "pretrain"
         self.best_valid_result = None
         self.time_estimate_pending = True
+        self.measured_rates = {}  # tokens per second by pass kind, and scoring
         self.loss_history = []  # (stage, pass name, epoch, language loss, regularisation)
 
     @staticmethod
@@ -217,26 +218,33 @@ class CLLM4RecTrainer(Trainer):
             elapsed = time() - started
             progress.set_postfix(loss=f"{float(step_losses[0]):.4f}", tok_s=f"{tokens_done / max(elapsed, 1e-9):.0f}")
             if self.time_estimate_pending and (elapsed >= ESTIMATE_AFTER_S or steps == len(batches)):
-                self._log_time_estimate(tokens_done / max(elapsed, 1e-9), steps)
+                self.time_estimate_pending = False
+                self.measured_rates.setdefault(kind, tokens_done / max(elapsed, 1e-9))
+                self._log_time_estimate(f"measured over the first {steps} batches")
+        self.measured_rates[kind] = tokens_done / max(time() - started, 1e-9)  # the whole pass's rate
         return tuple((totals / max(steps, 1)).tolist())
 
-    def _log_time_estimate(self, tokens_per_second, steps):
-        """Once per run, from the first pass's measured rate: the schedule's token count over that rate."""
-        self.time_estimate_pending = False
+    def _log_time_estimate(self, basis, epochs_done=0):
+        """What is left of the schedule, in tokens of each kind, over the rates measured so far (a kind not
+        measured yet at the rate of one that was; scoring at ``FORWARD_SPEEDUP`` times it until measured)."""
         tokens = self.model.corpus.tokens_per_pass()
+        proxy = next(iter(self.measured_rates.values()))
+        rate = {kind: self.measured_rates.get(kind, proxy) for kind in ("collaborative", "content", "recommendation")}
+        rate["scoring"] = self.measured_rates.get("scoring", FORWARD_SPEEDUP * rate["recommendation"])
         finetune_kinds = ["recommendation"] + (["content"] if self.finetune_content_passes and
                                                self.model.corpus.has_content else [])
-        train_tokens = (sum(tokens[kind] for kind in self.pretrain_schedule[self.passes_done:])
-                        + (self.epochs - self.start_epoch) * sum(tokens[kind] for kind in finetune_kinds))
-        validations = (self.epochs - self.start_epoch) // self.eval_step if self.eval_step > 0 else 0
-        scoring_tokens = (validations + 1) * tokens["scoring"]
-        seconds = (train_tokens + scoring_tokens / FORWARD_SPEEDUP) / tokens_per_second
+        pretrain_left = self.pretrain_schedule[self.passes_done:]
+        epochs_left = self.epochs - self.start_epoch - epochs_done
+        validations = epochs_left // self.eval_step if self.eval_step > 0 else 0
+        seconds = (sum(tokens[kind] / rate[kind] for kind in pretrain_left)
+                   + epochs_left * sum(tokens[kind] / rate[kind] for kind in finetune_kinds)
+                   + (validations + 1) * tokens["scoring"] / rate["scoring"])
+        rates = ", ".join(f"{kind} {value:.0f}" for kind, value in self.measured_rates.items())
         self.logger.info(
-            set_color("Time estimate", "yellow") + f": about {format_duration(seconds)} for what is left of the "
-            f"schedule ({len(self.pretrain_schedule) - self.passes_done} pretraining passes, up to "
-            f"{self.epochs - self.start_epoch} finetuning epochs, {validations} validations and the test), from "
-            f"{train_tokens / 1e6:.1f}M training and {scoring_tokens / 1e6:.1f}M scoring tokens at "
-            f"{tokens_per_second:.0f} training tokens/s measured over {steps} batches; early stopping can end it sooner"
+            set_color("Time estimate", "yellow") + f": about {format_duration(seconds)} for what is left "
+            f"({len(pretrain_left)} pretraining passes, up to {epochs_left} finetuning epochs, {validations} validations "
+            f"and the test), from the schedule's token counts at the rates {basis} (tokens/s: {rates}); early "
+            f"stopping can end it sooner"
         )
 
     # ----- several processes --------------------------------------------------------------------------
@@ -461,6 +469,9 @@ class CLLM4RecTrainer(Trainer):
             if valid_data and self.eval_step > 0 and (epoch + 1) % self.eval_step == 0:
                 started = time()
                 valid_score, valid_result = self._valid_epoch(valid_data, show_progress=self.show_progress)
+                if "scoring" not in self.measured_rates:  # the first validation refines the estimate
+                    self.measured_rates["scoring"] = self.model.corpus.tokens_per_pass()["scoring"] / (time() - started)
+                    self._log_time_estimate("measured in the first finetuning epoch and validation", epoch + 1)
                 self.best_valid_score, self.cur_step, stop, improved = early_stopping(
                     valid_score, self.best_valid_score, self.cur_step,
                     max_step=self.stopping_step, bigger=self.valid_metric_bigger,

@@ -711,7 +711,8 @@ def test_first_log_lines_name_the_profile_and_estimate_the_time(data_root, tmp_p
     with caplog.at_level(logging.INFO):
         trainer.fit(train_data, valid_data)
     estimates = [record.getMessage() for record in caplog.records if "Time estimate" in record.getMessage()]
-    assert len(estimates) == 1 and "finetuning epochs" in estimates[0] and "tokens/s" in estimates[0]
+    assert len(estimates) == 2 and all("finetuning epochs" in text and "tokens/s" in text for text in estimates)
+    assert "up to 1 finetuning epochs" in estimates[1] and "scoring" in estimates[1]  # refined after epoch 1
     tokens = model.corpus.tokens_per_pass()
     assert tokens["scoring"] == sum(len(model.corpus.scoring_document(user).tokens)
                                     for user in range(1, len(model.corpus.user_histories)))
