@@ -247,27 +247,38 @@ def test_main_table_holds_baselines_and_cllm4rec_rows_and_everything_else_goes_t
     assert (tmp_path / "results" / "toy.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_readme_comparison_table_matches_the_committed_records():
-    """Every number in the README's defaults-versus-tuned table is the test metric of the row it names."""
+def test_readme_tables_match_the_committed_records():
+    """Every number in the README's results tables and first-screen table is the test metric of the row it names."""
     readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Where the results stand", 1)[1].split("\n\n")
-    table = next(block for block in section if block.startswith("| model | RecBole defaults | tuned (Optuna) |"))
-    folder = PROJECT_ROOT / "results" / "amazon-beauty"
-    checked = 0
-    for line in table.splitlines()[2:]:
-        name, defaults, tuned = (cell.strip().strip("*") for cell in line.strip("|").split("|"))
-        model = name.split(",")[0].strip("*")
-        for label, cell in ((model, defaults), (f"{model}-tuned", tuned)):
-            if not cell[:1].isdigit():
-                continue
-            record = json.loads((folder / f"{label}.json").read_text())
-            assert [float(value) for value in cell.split(" (")[0].split(" / ")] == [
-                round(record["test"][metric], 4) for metric in benchmark.HEADLINE_METRICS], label
-            if label.endswith("-tuned"):
-                assert f"({record['tuning']['n_trials']} trials" in cell, label
-            checked += 1
-    assert checked >= 19
+    method_rows = {"**CLLM4Rec**": "CLLM4Rec", "CLLM4Rec, no transformer blocks (control)": "CLLM4Rec-no-transformer",
+                   "CLLM4Rec, randomly initialised backbone (control)": "CLLM4Rec-random-init"}
 
+    def matches(dataset, label, cell):
+        record = json.loads((PROJECT_ROOT / "results" / dataset / f"{label}.json").read_text())
+        assert [float(value) for value in cell.split(" (")[0].split(" / ")] == [
+            round(record["test"][metric], 4) for metric in benchmark.HEADLINE_METRICS], (dataset, label)
+        if label.endswith("-tuned"):
+            assert f"({record['tuning']['n_trials']} trials" in cell, label
+
+    checked = 0
+    for dataset in ("amazon-beauty", "ml-100k"):
+        section = readme.split(f"### {dataset}", 1)[1].split("\n\n")
+        table = next(block for block in section if block.startswith("| model | RecBole defaults | tuned (Optuna) |"))
+        for line in table.splitlines()[2:]:
+            name, defaults, tuned = (cell.strip() for cell in line.strip("|").split("|"))
+            label = method_rows.get(name, name)
+            for row, cell in ((label, defaults), (f"{label}-tuned", tuned)):
+                if cell[:1].isdigit():
+                    matches(dataset, row, cell)
+                    checked += 1
+    first = readme.split("| dataset | CLLM4Rec |", 1)[1].split("\n\n")[0]
+    for line in first.splitlines()[2:]:
+        dataset, *cells, _ = (cell.strip() for cell in line.strip("|").split("|"))
+        for label, cell in zip(("CLLM4Rec", "CLLM4Rec-no-transformer", "CLLM4Rec-random-init"), cells):
+            if cell[:1].isdigit():
+                matches(dataset.split(" (")[0], label, cell)
+                checked += 1
+    assert checked >= 30
 
 def test_paired_wilcoxon_matches_a_hand_computed_case():
     from recbole_cllm4rec.per_user import paired_wilcoxon
