@@ -9,6 +9,7 @@ A document is a prompt followed by a homogeneous main text; ``main_start`` is th
 main-text token, and the loss is taken only on tokens at ``main_start`` or later.
 """
 
+import functools
 import html
 import re
 from dataclasses import dataclass
@@ -267,25 +268,26 @@ class CLLM4RecCorpus:
     def _recommendation_room(self):
         return self.max_seq_length - self.recommendation_template.length_without_history()
 
+    @functools.cached_property
+    def document_lengths(self):
+        """Token counts of each kind of document, once: scoring (each user's whole history visible, also the upper
+        bound of a finetuning prompt), collaborative, and content at its token budget."""
+        users = [user for user in range(1, len(self.user_histories)) if len(self.user_histories[user])]
+        return {
+            "scoring": [len(self.scoring_document(user).tokens) for user in users],
+            "collaborative": [len(document.tokens) for document in self.collaborative_documents()],
+            "content": [min(len(document.tokens), document.main_start + self.content_max_tokens)
+                        for document in self.content_documents] if self.has_content else [],
+        }
+
     def longest_document(self):
         """The most tokens any training or scoring document of this dataset holds (content at its budget)."""
-        users = [user for user in range(1, len(self.user_histories)) if len(self.user_histories[user])]
-        lengths = [len(self.scoring_document(user).tokens) for user in users]
-        lengths += [len(document.tokens) for document in self.collaborative_documents()]
-        if self.has_content:
-            lengths += [min(len(document.tokens), document.main_start + self.content_max_tokens)
-                        for document in self.content_documents]
-        return max(lengths, default=0)
+        return max((max(lengths, default=0) for lengths in self.document_lengths.values()), default=0)
 
     def tokens_per_pass(self):
-        """Tokens one pass of each kind reads, for a time estimate: a recommendation or scoring pass is counted
-        with each user's whole history visible (its upper bound), a content pass at its token budget."""
-        scoring = sum(len(self.scoring_document(user).tokens) for user in range(1, len(self.user_histories))
-                      if len(self.user_histories[user]))
-        content = sum(min(len(document.tokens), document.main_start + self.content_max_tokens)
-                      for document in self.content_documents) if self.has_content else 0
-        return {"collaborative": sum(len(document.tokens) for document in self.collaborative_documents()),
-                "content": content, "recommendation": scoring, "scoring": scoring}
+        """Tokens one pass of each kind reads, for a time estimate (a finetuning pass counted at its upper bound)."""
+        totals = {kind: sum(lengths) for kind, lengths in self.document_lengths.items()}
+        return {**totals, "recommendation": totals["scoring"]}
 
     def scoring_document(self, user):
         """The prompt that scores all items for ``user``: the whole training history is visible."""
