@@ -128,11 +128,14 @@ def _loads_trusted_checkpoints(function):
 
 def _checks_plugin_model_data(function):
     """For a plugin model's checkpoint, a missing dataset is named instead of RecBole reaching for a download
-    (of whatever dataset of the same name it knows)."""
+    (of whatever dataset of the same name it knows); for any model, RecBole's numpy aliases are set first."""
 
     @functools.wraps(function)
     def load_data_and_model(model_file, *args, **kwargs):
         config = torch.load(model_file, map_location="cpu", weights_only=False)["config"]
+        # RecBole sets its numpy aliases (np.float, ...) when it builds a Config, not when it unpickles one: without
+        # this, NDCG fails in a fresh process that only loads a checkpoint
+        config.compatibility_settings()
         interactions = os.path.join(config["data_path"], f"{config['dataset']}.inter")
         if config["model"] in PLUGIN_MODEL_FILES and not os.path.isfile(interactions):
             raise FileNotFoundError(f"{model_file}: its dataset is gone, {interactions} does not exist; put the atomic "

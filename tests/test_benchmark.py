@@ -322,6 +322,15 @@ def test_a_saved_cllm4rec_checkpoint_loads_from_any_directory(data_root, propert
     monkeypatch.chdir(elsewhere)
     config, model, *_ = load_data_and_model(str(checkpoint))
     assert config["data_path"] == str(data / "tiny") and model.n_items == 25
+    evaluate = ("import recbole_cllm4rec, sys\n"
+                "from recbole.quick_start import load_data_and_model\n"
+                "from recbole.utils import get_trainer\n"
+                "config, model, _, _, _, test = load_data_and_model(sys.argv[1])\n"
+                "trainer = get_trainer(config['MODEL_TYPE'], config['model'])(config, model)\n"
+                "print(trainer.evaluate(test, load_best_model=False)['ndcg@10'])\n")
+    completed = subprocess.run([sys.executable, "-c", evaluate, str(checkpoint)], capture_output=True, text=True,
+                               cwd=elsewhere)  # a fresh process that only loads: NDCG needs RecBole's numpy aliases
+    assert completed.returncode == 0, completed.stderr[-1500:]
     shutil.rmtree(data)
     with pytest.raises(FileNotFoundError, match="its dataset is gone"):
         load_data_and_model(str(checkpoint))
