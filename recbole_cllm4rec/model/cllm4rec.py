@@ -185,8 +185,6 @@ class CLLM4Rec(GeneralRecommender):
                 with torch.no_grad():
                     self.collaborative_item_embedding.weight[item] = mean
                     self.content_item_embedding.weight[item] = mean
-        elif self.id_embedding_init != "normal":
-            raise ValueError(f"id_embedding_init must be 'normal' or 'text_mean', got {self.id_embedding_init!r}")
 
     @torch.no_grad()
     def constrain_id_embeddings(self):
