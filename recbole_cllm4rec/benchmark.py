@@ -128,8 +128,6 @@ def config_files_for(model, dataset, properties_dir, extra_files=()):
         if not Path(path).is_file():
             raise BenchmarkError(f"Config file not found: {path}")
         files.append(str(path))
-    for path in files:
-        read_yaml(path)
     return files
 
 
@@ -163,11 +161,12 @@ def check_known_keys(config, user_keys, protocol_keys=()):
                              f"protocol's keys are known; see the model's yaml)")
 
 
-def user_setting_keys(config_files, config_dict, recbole_arguments):
-    """The keys a user set: in their own config files, the config dict and ``--key=value`` arguments."""
+def user_setting_keys(file_settings, config_dict, recbole_arguments):
+    """The keys a user set: in their own config files (``file_settings``: their parsed contents), the config dict
+    and ``--key=value`` arguments."""
     keys = set(config_dict or {})
-    for path in config_files:
-        keys.update(read_yaml(path))
+    for settings in file_settings:
+        keys.update(settings)
     for argument in recbole_arguments:
         if argument.startswith("--") and "=" in argument:
             keys.add(argument[2:].split("=", 1)[0])
@@ -209,12 +208,16 @@ def protocol_config(model, dataset, properties_dir=PROJECT_ROOT / "properties", 
     ``config_dict`` and ``--key=value`` arguments; relative paths anchored, the dataset checked."""
     model = canonical_model_name(model)
     files = config_files_for(model, dataset, properties_dir, config_files)
+    settings = {path: read_yaml(path) for path in files}  # a malformed file is named before RecBole reads it
     try:
         config = build_config(model, dataset, files, config_dict or {}, recbole_arguments)
     except ValueError as error:  # e.g. an unknown profile
         raise BenchmarkError(str(error)) from None
-    protocol_keys = {key for path in files if path not in map(str, config_files) for key in read_yaml(path)}
-    check_known_keys(config, user_setting_keys(config_files, config_dict, recbole_arguments), protocol_keys)
+    user_files = set(map(str, config_files))
+    protocol_keys = {key for path in files if path not in user_files for key in settings[path]}
+    user_keys = user_setting_keys([settings[path] for path in files if path in user_files], config_dict,
+                                  recbole_arguments)
+    check_known_keys(config, user_keys, protocol_keys)
     if model == "CLLM4Rec":
         from recbole_cllm4rec.options import check_options
 
@@ -332,12 +335,13 @@ def run(model, dataset, properties_dir=PROJECT_ROOT / "properties", results_dir=
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(extra_record or {})
+    users_file = per_user_path(results_dir, dataset, record["label"])
     if per_user_rows:
-        record["per_user_file"] = per_user_path(results_dir, dataset, record["label"]).name
+        record["per_user_file"] = users_file.name
     if write:
         if per_user_rows:
-            per_user_path(results_dir, dataset, record["label"]).parent.mkdir(parents=True, exist_ok=True)
-            write_per_user(per_user_path(results_dir, dataset, record["label"]), per_user_rows, train_data._dataset)
+            users_file.parent.mkdir(parents=True, exist_ok=True)
+            write_per_user(users_file, per_user_rows, train_data._dataset)
         publish_record(record, results_dir, properties_dir)
     logger.info(f"test result: {dict(test_result)}")
     return record
@@ -507,6 +511,7 @@ METHOD_ROWS = {
     f"{METHOD}-paper": "CLLM4Rec, the paper's model",
 }
 SEED_SUFFIX = "-seed-"
+SEED_COUNT = 3  # main tables and seed statistics: the protocol's seed and the next two
 
 
 def base_label(label):
@@ -541,9 +546,6 @@ def display_name(record):
     if label.endswith("-tuned") and record.get("tuning"):
         return f"{label[:-len('-tuned')]} (tuned, {record['tuning']['n_trials']} trials)"
     return label
-
-
-SEED_COUNT = 3  # seed statistics over the protocol's seed and the next two
 
 
 def seed_statistics(records, headline, protocol_seed):

@@ -62,8 +62,6 @@ FINETUNE_LR_DECAYS = {
     "linear": lambda progress: 1.0 - progress,
     "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
 }
-# plateau: the rate follows the run's own validation instead of the epoch count
-VALIDATION_DRIVEN_DECAYS = {"plateau"}
 
 
 def id_table_adam(model, learning_rate, weight_decay=0.0):
@@ -303,7 +301,7 @@ class CLLM4RecTrainer(Trainer):
     def _decay_learning_rate(self, optimizer, epoch):
         """Set finetuning epoch ``epoch``'s rate from the schedule: a function of the epoch (or, under plateau decay,
         of the validations so far, which the progress checkpoint keeps), so a resumed run takes the same rates."""
-        if self.finetune_lr_decay in VALIDATION_DRIVEN_DECAYS:
+        if self.finetune_lr_decay == "plateau":  # follows the run's validation, not the epoch count
             factor = self.plateau_factor
         else:
             factor = FINETUNE_LR_DECAYS[self.finetune_lr_decay](epoch / self.epochs)
