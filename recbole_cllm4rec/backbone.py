@@ -201,6 +201,20 @@ def keep_first_layers(model, num_layers):
     return model
 
 
+@contextlib.contextmanager
+def loading_quietly():
+    """No per-tensor progress bar while a small local backbone loads; transformers' setting is put back after."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_backbone(llm_path=None, num_layers=None, cache_dir=None, initialisation="pretrained"):
     """Return ``(model, tokenizer)``: a frozen causal LM in eval mode and its tokenizer. ``initialisation:
     random`` keeps the architecture and tokenizer but draws every weight afresh (the architecture's own
@@ -209,11 +223,12 @@ def load_backbone(llm_path=None, num_layers=None, cache_dir=None, initialisation
 
     source = resolve_llm_path(llm_path, cache_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if initialisation == "random":
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        with loading_quietly():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            if initialisation == "random":
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except OSError as error:
         raise OSError(
             f"Cannot load the backbone from llm_path={llm_path!r} (resolved to {source!r}). It must be "

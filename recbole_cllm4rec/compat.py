@@ -26,16 +26,8 @@ H. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_d
    is imported, and ``get_model`` imports every sequential model to find any one of them: from then on the
    whole process runs with autograd's debugging mode, which checks every gradient for NaN (and on a GPU
    waits for each check). SASRec's training step on the 2-core CPU spent a quarter of its time there.
-   -> the sequential models are imported once, now, and anomaly detection is put back as it was. Metrics
-      are unchanged (the mode only inspects); a NaN loss still stops RecBole's trainer, which checks it.
-
-I. (applied by the benchmark runner, not on import: a speed change, not a fix) BERT4Rec's CE loss computes item logits at every one of its ``mask_ratio * MAX_ITEM_LIST_LENGTH`` mask slots,
-   padding slots included, and then multiplies the padding slots' losses by zero. On amazon-beauty a user has ~7
-   training items against 50 positions, so at the default ``mask_ratio`` 0.2 about 2,200 of a batch's 20,480
-   slots are real, and the wasted 2,048 x 10 x 12,102 logits (and their softmax and gradient) were most of a step.
-   -> the CE loss scores the real slots only (those whose ``MASK_INDEX`` is above 0, RecBole's own rule). The loss
-      and gradients are RecBole's up to float rounding, the random stream is consumed exactly as before (the
-      same dropout masks), so training follows the same trajectory; the BPR loss is RecBole's own.
+   -> ``get_model`` puts anomaly detection back as it found it. Metrics are unchanged (the mode only
+      inspects); a NaN loss still stops RecBole's trainer, which checks it.
 
 ``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
 an upgrade): a clear error is better than RecBole's crash or, for pandas 3, silently wrong metrics.
@@ -61,6 +53,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import torch
 
@@ -271,34 +264,30 @@ def _patch_ensure_dir():
             module.ensure_dir = ensure_dir
 
 
-def _undo_sine_anomaly_detection():
-    enabled = torch.is_anomaly_enabled()
-    importlib.import_module("recbole.model.sequential_recommender")
-    torch.autograd.set_detect_anomaly(enabled)
+GET_MODEL_IMPORTERS = ("recbole.utils.utils", "recbole.utils", "recbole.config.configurator",
+                       "recbole.quick_start.quick_start")
 
 
-def score_real_mask_slots_only_in_bert4rec():
-    """Cause I: a speed change, not a fix, so the benchmark runner applies it and importing the plugin does not."""
-    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+def _patch_get_model_anomaly_detection():
+    from recbole.utils import utils as utils_module
 
-    original = BERT4Rec.calculate_loss
+    original = utils_module.get_model
     if getattr(original, "__wrapped_by_recbole_cllm4rec__", False):
         return
 
     @functools.wraps(original)
-    def calculate_loss(self, interaction):
-        if self.loss_type != "CE":
-            return original(self, interaction)
-        masked_index = interaction[self.MASK_INDEX]
-        seq_output = self.forward(interaction[self.MASK_ITEM_SEQ])
-        is_target = masked_index > 0
-        sequences = is_target.nonzero(as_tuple=True)[0]
-        target_states = seq_output[sequences, masked_index[is_target]]
-        logits = target_states @ self.item_embedding.weight[: self.n_items].T + self.output_bias
-        return torch.nn.functional.cross_entropy(logits, interaction[self.POS_ITEMS][is_target])
+    def get_model(model_name):
+        enabled = torch.is_anomaly_enabled()
+        try:
+            return original(model_name)
+        finally:
+            torch.autograd.set_detect_anomaly(enabled)
 
-    calculate_loss.__wrapped_by_recbole_cllm4rec__ = True
-    BERT4Rec.calculate_loss = calculate_loss
+    get_model.__wrapped_by_recbole_cllm4rec__ = True
+    for name in GET_MODEL_IMPORTERS:
+        module = importlib.import_module(name)
+        if getattr(module, "get_model", None) is original:
+            module.get_model = get_model
 
 
 def register_model(model_class, trainer_class, defaults_files, kind="general_recommender"):
@@ -317,10 +306,12 @@ def apply():
     if _applied:
         return
     check_environment()
-    _patch_checkpoint_loading()
-    _patch_get_flops()
-    _patch_config_defaults()
-    _patch_cpu_distributed()
-    _patch_ensure_dir()
-    _undo_sine_anomaly_detection()
+    with warnings.catch_warnings():  # cause A's pin: ray's pkg_resources import warns while RecBole loads
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        _patch_checkpoint_loading()
+        _patch_get_flops()
+        _patch_config_defaults()
+        _patch_cpu_distributed()
+        _patch_ensure_dir()
+        _patch_get_model_anomaly_detection()
     _applied = True

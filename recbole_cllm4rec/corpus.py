@@ -115,11 +115,14 @@ def clean_text(text):
 class CLLM4RecCorpus:
     """Collaborative, content, finetuning and scoring documents of one RecBole training dataset."""
 
-    def __init__(self, dataset, tokenizer, config, vocab_size=None, logger=None):
+    def __init__(self, dataset, tokenizer, config, vocab_size=None, logger=None, read_item_texts=False):
+        """``read_item_texts``: build the item texts even without the content LM (an ID table initialised from
+        them)."""
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.token_space = TokenSpace(vocab_size or len(tokenizer), dataset.user_num, dataset.item_num)
         self.max_seq_length = config["max_seq_length"]
+        self.mask_ratio = config["mask_ratio"]
         self.content_max_tokens = config["content_max_tokens"]
         templates = config["prompt_templates"]
         self.collaborative_template = PromptTemplate(templates["collaborative"], tokenizer, self.token_space)
@@ -130,9 +133,8 @@ class CLLM4RecCorpus:
         self.user_histories = user_histories(dataset)  # time order; fixed across epochs and scoring
         self.content_lm = config["content_lm"]
         self.content_documents = self._content_documents(config) if self.content_lm else []
-        # id_embedding_init: text_mean reads the item texts, with or without the content LM
         self._item_text_documents = self.content_documents or (
-            self._content_documents(config) if config["id_embedding_init"] == "text_mean" else [])
+            self._content_documents(config) if read_item_texts else [])
         self.content_summary = self._summarise_content()
         if logger is not None:
             logger.info(self.content_summary)
@@ -244,7 +246,16 @@ class CLLM4RecCorpus:
                 means[int(soft[0] - self.token_space.item_offset)] = word_embeddings[text].mean(0)
         return means
 
-    def recommendation_documents(self, users, mask_ratio, generator):
+    def pass_documents(self, kind, generator):
+        """``(documents, held_out)`` of one training pass of ``kind``: 'collaborative', 'content' (a fresh sample)
+        or 'recommendation' (every user, a fresh mask); ``held_out`` is None except for 'recommendation'."""
+        if kind == "collaborative":
+            return self.collaborative_documents(), None
+        if kind == "content":
+            return self.sampled_content_documents(generator), None
+        return self.recommendation_documents(range(1, len(self.user_histories)), generator)
+
+    def recommendation_documents(self, users, generator):
         """Finetuning prompts: a random ``mask_ratio`` of each history is held out as the target.
 
         Returns ``(documents, held_out)`` with ``held_out[k]`` the target items of ``documents[k]``.
@@ -255,7 +266,7 @@ class CLLM4RecCorpus:
             history = self.user_histories[user]
             if len(history) == 0:
                 continue
-            n_held_out = min(max(1, int(round(mask_ratio * len(history)))), len(history))
+            n_held_out = min(max(1, int(round(self.mask_ratio * len(history)))), len(history))
             permutation = torch.randperm(len(history), generator=generator).numpy()
             is_held_out = np.zeros(len(history), dtype=bool)
             is_held_out[permutation[:n_held_out]] = True

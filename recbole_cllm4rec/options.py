@@ -72,6 +72,12 @@ def check_options(config):
             raise ValueError(error)
     if config["finetune_lr_decay"] == "plateau" and not config["eval_step"]:
         raise ValueError("finetune_lr_decay=plateau follows validation: eval_step must be at least 1")
+    if config["user_table_updates"] == "lazy":
+        if config["weight_decay"]:
+            raise ValueError("user_table_updates=lazy takes no weight_decay (a lazy Adam has none); set weight_decay: 0")
+        if config["clip_grad_norm"] or not config["single_spec"]:
+            raise ValueError("user_table_updates=lazy works with one process and no clip_grad_norm (the user tables' "
+                             "gradients are sparse); use user_table_updates: dense there")
 
 
 def check_batch_budgets(config, longest_document):

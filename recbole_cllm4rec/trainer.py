@@ -64,7 +64,7 @@ FINETUNE_LR_DECAYS = {
 }
 
 
-def id_table_adam(model, learning_rate, weight_decay=0.0):
+def id_table_adam(model, learning_rate, weight_decay=0.0, user_learning_rate_scale=1.0, lazy_users=False):
     """Adam over ``model``'s trainable ID tables. Fused (one kernel over all parameters) where torch has it for
     the device: the tables are dense (users x hidden, items x hidden), and a per-tensor loop made the update a
     large share of a small finetuning step. The user tables run
@@ -74,15 +74,19 @@ def id_table_adam(model, learning_rate, weight_decay=0.0):
     fused = model.device.type in ("cpu", "cuda")
     users = [model.collaborative_user_embedding.weight, model.content_user_embedding.weight]
     others = [parameter for parameter in model.trainable_parameters() if not any(parameter is user for user in users)]
-    user_learning_rate = learning_rate * model.user_learning_rate_scale
+    user_learning_rate = learning_rate * user_learning_rate_scale
     # initial_lr: where the decay of finetune_lr_decay starts from
     groups = [{"params": others, "lr": learning_rate, "initial_lr": learning_rate},
               {"params": users, "lr": user_learning_rate, "initial_lr": user_learning_rate}]
-    if model.user_table_updates == "lazy":
-        if weight_decay:
-            raise ValueError("user_table_updates: lazy takes no weight_decay (a lazy Adam has none); set weight_decay: 0")
+    if lazy_users:  # options.check_options refuses weight_decay with it
         return LazyUserRowsAdam(*groups, fused=fused)
     return torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay, fused=fused)
+
+
+def optimizer_for(config, model, learning_rate):
+    """The trainer's optimizer over ``model``'s ID tables at ``learning_rate``, set up as ``config`` says."""
+    return id_table_adam(model, learning_rate, config["weight_decay"], config["user_learning_rate_scale"],
+                         lazy_users=config["user_table_updates"] == "lazy")
 
 
 class LazyUserRowsAdam:
@@ -128,9 +132,6 @@ class CLLM4RecTrainer(Trainer):
         super().__init__(config, model)
         self.pretrain_learning_rate = config["pretrain_learning_rate"]
         self.finetune_learning_rate = config["learning_rate"]
-        if model.user_table_updates == "lazy" and (self.distributed or self.clip_grad_norm):
-            raise ValueError("user_table_updates: lazy works with one process and no clip_grad_norm (the user "
-                             "tables' gradients are sparse); use user_table_updates: dense there")
         self.finetune_lr_decay = config["finetune_lr_decay"] or "none"
         self.plateau_decay_factor = config["plateau_decay_factor"]
         self.plateau_factor = 1.0  # the rate's multiple under plateau decay: halved (by default) at every stall
@@ -139,6 +140,7 @@ class CLLM4RecTrainer(Trainer):
         self.finetune_content_passes = config["finetune_content_passes"]
         self.train_batch_tokens = config["train_batch_tokens"]
         self.resume = config["resume"]
+        self.corpus = model.corpus  # the documents of every pass; the model gives their losses
         self.show_progress = config["show_progress"]
         self.seed = config["seed"]
         self.run_name = f"{config['model']}-{config['dataset']}-{self.run_signature(config)}"
@@ -165,7 +167,7 @@ class CLLM4RecTrainer(Trainer):
         return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
 
     def _pretrain_schedule(self):
-        has_content = self.model.corpus.has_content
+        has_content = self.corpus.has_content
         schedule = ["content"] * self.content_warmup_epochs if has_content else []
         for _ in range(self.pretrain_rounds):
             schedule += ["collaborative", "content"] if has_content else ["collaborative"]
@@ -177,14 +179,7 @@ class CLLM4RecTrainer(Trainer):
 
     # ----- one pass --------------------------------------------------------------------------------
     def _run_pass(self, kind, generator, optimizer, description):
-        corpus = self.model.corpus
-        if kind == "collaborative":
-            documents = corpus.collaborative_documents()
-        elif kind == "content":
-            documents = corpus.sampled_content_documents(generator)
-        else:
-            users = range(1, len(corpus.user_histories))
-            documents, held_out = corpus.recommendation_documents(users, self.model.mask_ratio, generator)
+        documents, held_out = self.corpus.pass_documents(kind, generator)
         batches = bucket_batches([len(document.tokens) for document in documents], self.train_batch_tokens, generator)
         self.model.train()
         totals, steps, tokens_done, started = torch.zeros(2), 0, 0, time()
@@ -194,7 +189,7 @@ class CLLM4RecTrainer(Trainer):
             batch = batch[self.rank :: self.world_size]
             if len(batch):
                 language_loss, regularization, terms = self.model.document_loss(
-                    kind, [documents[k] for k in batch], [held_out[k] for k in batch] if kind == "recommendation" else None
+                    kind, [documents[k] for k in batch], [held_out[k] for k in batch] if held_out is not None else None
                 )
             else:  # this process has no share of a tiny batch; it still joins the gradient sum
                 language_loss = regularization = torch.zeros(())
@@ -225,12 +220,12 @@ class CLLM4RecTrainer(Trainer):
     def _log_time_estimate(self, basis, epochs_done=0):
         """What is left of the schedule, in tokens of each kind, over the rates measured so far (a kind not
         measured yet at the rate of one that was; scoring at ``FORWARD_SPEEDUP`` times it until measured)."""
-        tokens = self.model.corpus.tokens_per_pass()
+        tokens = self.corpus.tokens_per_pass()
         proxy = next(iter(self.measured_rates.values()))
         rate = {kind: self.measured_rates.get(kind, proxy) for kind in ("collaborative", "content", "recommendation")}
         rate["scoring"] = self.measured_rates.get("scoring", FORWARD_SPEEDUP * rate["recommendation"])
         finetune_kinds = ["recommendation"] + (["content"] if self.finetune_content_passes and
-                                               self.model.corpus.has_content else [])
+                                               self.corpus.has_content else [])
         pretrain_left = self.pretrain_schedule[self.passes_done:]
         epochs_left = self.epochs - self.start_epoch - epochs_done
         validations = epochs_left // self.eval_step if self.eval_step > 0 else 0
@@ -296,7 +291,7 @@ class CLLM4RecTrainer(Trainer):
         return "" if weights is None else ", layer mix " + " ".join(f"{weight:.3f}" for weight in weights.tolist())
 
     def _optimizer(self, learning_rate):
-        return id_table_adam(self.model, learning_rate, self.weight_decay)
+        return optimizer_for(self.config, self.model, learning_rate)
 
     def _decay_learning_rate(self, optimizer, epoch):
         """Set finetuning epoch ``epoch``'s rate from the schedule: a function of the epoch (or, under plateau decay,
@@ -456,7 +451,7 @@ class CLLM4RecTrainer(Trainer):
             )
             self._log_pass("finetune", "recommendation", epoch, losses, started)
             self.train_loss_dict[epoch] = losses[0]
-            if self.finetune_content_passes and self.model.corpus.has_content:
+            if self.finetune_content_passes and self.corpus.has_content:
                 started = time()
                 losses = self._run_pass(
                     "content", self._generator("finetune_content", epoch), content_optimizer, "Finetune content"
@@ -468,7 +463,7 @@ class CLLM4RecTrainer(Trainer):
                 started = time()
                 valid_score, valid_result = self._valid_epoch(valid_data, show_progress=self.show_progress)
                 if "scoring" not in self.measured_rates:  # the first validation refines the estimate
-                    self.measured_rates["scoring"] = self.model.corpus.tokens_per_pass()["scoring"] / (time() - started)
+                    self.measured_rates["scoring"] = self.corpus.tokens_per_pass()["scoring"] / (time() - started)
                     self._log_time_estimate("measured in the first finetuning epoch and validation", epoch + 1)
                 self.best_valid_score, self.cur_step, stop, improved = early_stopping(
                     valid_score, self.best_valid_score, self.cur_step,

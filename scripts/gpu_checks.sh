@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks a session with a lent GPU runs, in one command that fits a 10-minute device call:
-#   1. scripts/throughput.py on the paper's model (profile: paper, 30 layers, content LM) -> perf-gpu.md
+#   1. experiments/throughput.py on the paper's model (profile: paper, 30 layers, content LM) -> perf-gpu.md
 #   2. the cpu profile trained and tested twice with the same seed, side by side on the
 #      one GPU -> two result records, the GPU's run-to-run tolerance (results/notes/reproducibility.md)
 # Usage, on the GPU machine in the repository root, with the files scripts/gpu_env.sh names staged:
@@ -17,7 +17,7 @@ source scripts/gpu_env.sh || { echo "gpu_env.sh failed" >&2; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTPUT_DIR/gpu.txt"
 python3 -c "import torch, transformers, numpy, pandas; print('torch', torch.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__, 'pandas', pandas.__version__)" | tee -a "$OUTPUT_DIR/gpu.txt"
 
-timeout "${THROUGHPUT_LIMIT_S:-240}" python3 scripts/throughput.py --dataset=amazon-beauty \
+timeout "${THROUGHPUT_LIMIT_S:-240}" python3 -m experiments.throughput --dataset=amazon-beauty \
     --profile=paper --llm_path="$CLLM4REC_GGUF" --batches=4 --rounds=2 \
     --scoring_users=2048 --output="$OUTPUT_DIR/perf-gpu.md" >"$OUTPUT_DIR/throughput.log" 2>&1
 echo "throughput exit $?" | tee -a "$OUTPUT_DIR/gpu.txt"

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the tests' own helpers
+sys.path.insert(0, str(Path(__file__).parent.parent))  # experiments/, as ``python -m experiments.<name>`` sees it
 
 import recbole_cllm4rec  # noqa: E402,F401  (applies the compatibility fixes)
 from synthetic import tiny_backbone_dir, write_planted_dataset  # noqa: E402

@@ -1,16 +1,13 @@
-"""scripts/ablation.py's pure parts, and the protocol line a dataset's own properties change."""
+"""experiments/ablation.py's pure parts, and the protocol line a dataset's own properties change."""
 
-import importlib.util
-from pathlib import Path
 
 import yaml
 
 from recbole_cllm4rec import benchmark
+from recbole_cllm4rec.benchmark.protocol import protocol_text
+from recbole_cllm4rec.benchmark.tables import headline_columns
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "ablation.py"
-spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-ablation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ablation)
+from experiments import ablation
 
 
 def test_variant_overrides_replace_base_arguments_of_the_same_key():
@@ -22,9 +19,9 @@ def test_variant_overrides_replace_base_arguments_of_the_same_key():
 
 def test_small_catalogue_columns_fall_back_to_its_own_cutoffs():
     small = {"test": {"recall@5": 0.5, "ndcg@5": 0.4, "recall@20": 0.9, "ndcg@10": 0.45}, "valid_metric": "ndcg@10"}
-    assert benchmark.headline_columns([small]) == ["recall@20", "recall@5", "ndcg@5", "ndcg@10"]
+    assert headline_columns([small]) == ["recall@20", "recall@5", "ndcg@5", "ndcg@10"]
     full = {"test": {"recall@20": 0.1, "recall@40": 0.2, "ndcg@100": 0.05, "recall@10": 0.05}, "valid_metric": "ndcg@100"}
-    assert benchmark.headline_columns([full]) == benchmark.HEADLINE_METRICS
+    assert headline_columns([full]) == benchmark.HEADLINE_METRICS
 
 
 def test_variants_sort_full_first_then_deep_to_shallow():
@@ -39,8 +36,8 @@ def test_protocol_line_names_the_datasets_overrides(tmp_path):
         "seed": 1, "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": "user"},
         "metrics": ["Recall"], "topk": [10, 100], "valid_metric": "NDCG@100"}))
     (tmp_path / "dataset" / "small.yaml").write_text(yaml.safe_dump({"topk": [5], "valid_metric": "NDCG@5", "load_col": {}}))
-    assert "at [10, 100]" in benchmark.protocol_text(tmp_path, "big") and "NDCG@100" in benchmark.protocol_text(tmp_path)
-    text = benchmark.protocol_text(tmp_path, "small")
+    assert "at [10, 100]" in protocol_text(tmp_path, "big") and "NDCG@100" in protocol_text(tmp_path)
+    text = protocol_text(tmp_path, "small")
     assert "at [5]" in text and "`NDCG@5`" in text and "topk, valid_metric from `properties/dataset/small.yaml`" in text
 
 
@@ -54,7 +51,7 @@ def test_full_variant_from_a_benchmark_record_only_when_it_ran_the_same_configur
               "config_files": ["properties/overall.yaml", "properties/dataset/amazon-beauty.yaml", profile]}
     path = tmp_path / "CLLM4Rec.json"
     path.write_text(json.dumps(record))
-    full = ablation.full_from_record(path, "amazon-beauty", [profile], [], "python scripts/ablation.py ...")
+    full = ablation.full_from_record(path, "amazon-beauty", [profile], [], "python -m experiments.ablation ...")
     assert full["variant"] == "full" and full["overrides"] == {} and full["full_record"] == str(path)
 
     with pytest.raises(SystemExit, match="overrides"):
@@ -71,8 +68,8 @@ def test_table_names_the_command_of_every_row_not_only_the_last(tmp_path):
                 "valid_metric": "ndcg@100", "epochs_run": 1, "wall_time_s": 1.0, "git_commit": "abc",
                 "machine": {"device": "cpu", "torch_threads": 1}}
 
-    records = [record("full", "python scripts/ablation.py --variants=full"),
-               record("layers-0", "python scripts/ablation.py --variants=layers-0 --layers=0")]
+    records = [record("full", "python -m experiments.ablation --variants=full"),
+               record("layers-0", "python -m experiments.ablation --variants=layers-0 --layers=0")]
     ablation.write_outputs(records, tmp_path / "ablation.md", "amazon-beauty")
     text = (tmp_path / "ablation.md").read_text()
     assert "--variants=full" in text and "--variants=layers-0 --layers=0" in text

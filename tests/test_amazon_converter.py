@@ -61,6 +61,23 @@ def test_convert_kcore_and_sanitise(tmp_path):
     assert feature_texts(dataset, dataset.item_feat, "description")[1] == "line1 line2"
 
 
+def test_a_review_copied_to_linked_listings_is_one_interaction(tmp_path):
+    reviews = tmp_path / "reviews.json"
+    rows = [{"reviewerID": user, "asin": asin, "overall": 5, "unixReviewTime": 100 + n, "reviewText": f"{user} loves it"}
+            for n, user in enumerate(["U1", "U2"]) for asin in ("B2", "B1", "B3")]  # one review, three listings
+    rows += [{"reviewerID": "U1", "asin": "B9", "overall": 4, "unixReviewTime": 100, "reviewText": "another product"},
+             {"reviewerID": "U1", "asin": "B8", "overall": 4, "unixReviewTime": 100, "reviewText": ""},
+             {"reviewerID": "U1", "asin": "B7", "overall": 4, "unixReviewTime": 100, "reviewText": ""}]
+    reviews.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    summary = convert(reviews, tmp_path / "out", "copies")
+    inter = [line.split("\t")[:2] for line in (tmp_path / "out" / "copies" / "copies.inter").read_text().splitlines()[1:]]
+    # each copied review on the first listing for both reviewers; a distinct text, and empty texts, stay apart
+    assert sorted(inter) == [["U1", "B1"], ["U1", "B7"], ["U1", "B8"], ["U1", "B9"], ["U2", "B1"]]
+    assert summary["listing_copies_removed"] == 4
+    with pytest.raises(ValueError, match="no interaction is left in the 3-core"):
+        convert(reviews, tmp_path / "out", "copies-3", k=3)
+
+
 def test_command_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--reviews", str(tmp_path / "missing.json.gz"), "--name", "x", "--output", str(tmp_path)])
@@ -75,4 +92,23 @@ def test_command_line_errors(tmp_path, capsys):
 @pytest.mark.skipif(not SHARED_RAW.is_file(), reason="shared raw Amazon file not present")
 def test_shared_all_beauty_file(tmp_path):
     summary = convert(SHARED_RAW, tmp_path, "amazon-all-beauty-18")
-    assert (summary["users"], summary["items"], summary["interactions"]) == (991, 85, 4092)
+    # the dump copies each review to a product's linked listings: 4,092 (user, item) rows hold 1,280 reviews
+    assert (summary["users"], summary["items"], summary["interactions"]) == (991, 61, 1280)
+    assert summary["listing_copies_removed"] == 4092 - 1280
+
+
+def test_setup_builds_a_converted_dataset_again_when_the_rules_changed(tmp_path, capsys):
+    from recbole_cllm4rec.data import setup_datasets
+
+    (tmp_path / "shared" / "raw").mkdir(parents=True)
+    reviews, _ = write_raw(tmp_path)
+    reviews.rename(tmp_path / "shared" / "raw" / "All_Beauty_5.json.gz")
+    setup_datasets.setup(tmp_path / "shared", tmp_path / "dataset")
+    stamp = tmp_path / "dataset" / "amazon-all-beauty-18" / "conversion.json"
+    assert json.loads(stamp.read_text())["rules"] == setup_datasets.CONVERSION_RULES
+    capsys.readouterr()
+    setup_datasets.setup(tmp_path / "shared", tmp_path / "dataset")
+    assert "amazon-all-beauty-18: already converted" in capsys.readouterr().out
+    stamp.write_text(json.dumps({"rules": setup_datasets.CONVERSION_RULES - 1}))  # built by an older converter
+    setup_datasets.setup(tmp_path / "shared", tmp_path / "dataset")
+    assert "amazon-all-beauty-18: converted from" in capsys.readouterr().out

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from recbole_cllm4rec import benchmark, cpu_memory
-from recbole_cllm4rec.benchmark import BenchmarkError
+from recbole_cllm4rec import benchmark
+from recbole_cllm4rec.benchmark import BenchmarkError, Settings, cpu_memory, tables
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def properties(tmp_path):
     return folder
 
 
-def run_tiny(model, data_root, properties, tmp_path, **kwargs):
-    return benchmark.run(model, "tiny", properties_dir=properties, results_dir=tmp_path / "results",
-                         config_dict={"data_path": str(data_root), "epochs": 2}, **kwargs)
+def run_tiny(model, data_root, properties, tmp_path, write=True, **settings):
+    return benchmark.run(Settings(model, "tiny", properties_dir=properties, results_dir=tmp_path / "results",
+                                  config_dict={"data_path": str(data_root), "epochs": 2}, **settings), write=write)
 
 
 def test_two_baselines_end_to_end(data_root, properties, tmp_path):
@@ -110,7 +110,7 @@ def test_command_line_errors_are_one_line_with_exit_code_2():
 
 
 def test_every_record_keeps_per_user_metrics_that_average_to_its_test_metrics(data_root, properties, tmp_path):
-    from recbole_cllm4rec.per_user import read_per_user
+    from recbole_cllm4rec.benchmark.per_user import read_per_user
 
     for model in ("BPR", "SASRec"):
         record = run_tiny(model, data_root, properties, tmp_path)
@@ -137,9 +137,9 @@ def test_cpu_keep_freed_memory_applies_to_any_model_that_asks(data_root, propert
 
 def test_machine_label_names_bf16_runs():
     cpu = {"machine": {"torch_threads": 1, "precision": "bf16"}}
-    assert benchmark.machine_label(cpu) == "CPU, 1 thread, bf16"
-    assert benchmark.machine_label({"machine": {"torch_threads": 2, "precision": "none"}}) == "CPU, 2 threads"
-    assert benchmark.machine_label({"machine": {"gpu": "NVIDIA H100", "precision": "bf16"}}) == "NVIDIA H100, bf16"
+    assert tables.machine_label(cpu) == "CPU, 1 thread, bf16"
+    assert tables.machine_label({"machine": {"torch_threads": 2, "precision": "none"}}) == "CPU, 2 threads"
+    assert tables.machine_label({"machine": {"gpu": "NVIDIA H100", "precision": "bf16"}}) == "NVIDIA H100, bf16"
 
 
 def test_sequential_model_uses_the_same_split(data_root, properties, tmp_path):
@@ -151,7 +151,8 @@ def test_untrained_models_are_built_as_a_run_seeds_them(data_root, properties):
     import torch
 
     def untrained(model):
-        config, _ = benchmark.protocol_config(model, "tiny", properties, config_dict={"data_path": str(data_root)})
+        config, _ = benchmark.protocol_config(Settings(model, "tiny", properties_dir=properties,
+                                                       config_dict={"data_path": str(data_root)}))
         return benchmark.build_untrained(config)
 
     first = untrained("SASRec")
@@ -170,22 +171,22 @@ def test_unknown_model_lists_known_ones(data_root, properties, tmp_path):
 
 def test_topk_longer_than_the_catalogue_is_refused_before_training(data_root, properties, tmp_path):
     with pytest.raises(BenchmarkError, match=r"topk \[40\] exceeds the 24 items of dataset 'tiny'"):
-        benchmark.run("Pop", "tiny", properties_dir=properties, results_dir=tmp_path / "r",
-                      config_dict={"data_path": str(data_root), "topk": [5, 40]})
+        benchmark.run(Settings("Pop", "tiny", properties_dir=properties, results_dir=tmp_path / "r",
+                               config_dict={"data_path": str(data_root), "topk": [5, 40]}))
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_dataset_lists_available(data_root, properties, tmp_path):
-    with pytest.raises(BenchmarkError, match=r"Unknown dataset 'nowhere'. Available: .*tiny"):
-        benchmark.run("Pop", "nowhere", properties_dir=properties, results_dir=tmp_path / "r",
-                      config_dict={"data_path": str(data_root)})
+    with pytest.raises(BenchmarkError, match=r"Unknown dataset 'nowhere': looked for .*nowhere/nowhere.inter. Available: .*tiny"):
+        benchmark.run(Settings("Pop", "nowhere", properties_dir=properties, results_dir=tmp_path / "r",
+                               config_dict={"data_path": str(data_root)}))
 
 
 def test_missing_data_names_where_it_looked(tmp_path, properties):
     (properties / "dataset" / "ghost.yaml").write_text("load_col: {inter: [user_id, item_id]}\n")
     with pytest.raises(BenchmarkError, match=r"looked for .*ghost/ghost.inter.*scripts/setup.sh"):
-        benchmark.run("Pop", "ghost", properties_dir=properties, results_dir=tmp_path / "r",
-                      config_dict={"data_path": str(tmp_path / "empty")})
+        benchmark.run(Settings("Pop", "ghost", properties_dir=properties, results_dir=tmp_path / "r",
+                               config_dict={"data_path": str(tmp_path / "empty")}))
 
 
 def test_missing_config_file_is_reported(data_root, properties, tmp_path):
@@ -204,8 +205,8 @@ def test_cllm4rec_end_to_end_through_the_runner(data_root, properties, tmp_path,
 
     settings = cllm4rec_config(data_root, tmp_path, tiny_llama, epochs=2, pretrain_rounds=1)
     settings.pop("topk"), settings.pop("valid_metric"), settings.pop("metrics")  # the protocol file decides these
-    record = benchmark.run("cllm4rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results",
-                           config_dict=settings)
+    record = benchmark.run(Settings("cllm4rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results",
+                                    config_dict=settings))
     assert record["model"] == "CLLM4Rec" and record["config"]["llm_path"] == tiny_llama
     assert "| CLLM4Rec |" in (tmp_path / "results" / "tiny.md").read_text()
 
@@ -281,7 +282,7 @@ def test_readme_tables_match_the_committed_records():
     assert checked >= 30
 
 def test_paired_wilcoxon_matches_a_hand_computed_case():
-    from recbole_cllm4rec.per_user import paired_wilcoxon
+    from recbole_cllm4rec.benchmark.per_user import paired_wilcoxon
 
     # five users, every difference positive and distinct: W- = 0, and of the 2^5 equally likely sign patterns
     # only "all +" and "all -" are as extreme, so the exact two-sided p is 2/32
@@ -293,8 +294,7 @@ def test_paired_wilcoxon_matches_a_hand_computed_case():
 
 
 def test_significance_report_pairs_users_and_slices_them(data_root, properties, tmp_path):
-    sys.path.insert(0, str(PROJECT_ROOT / "scripts"))
-    import significance
+    from experiments import significance
 
     run_tiny("BPR", data_root, properties, tmp_path)
     run_tiny("Pop", data_root, properties, tmp_path)
@@ -315,7 +315,8 @@ def test_a_saved_cllm4rec_checkpoint_loads_from_any_directory(data_root, propert
     settings.pop("topk"), settings.pop("valid_metric"), settings.pop("metrics")
     monkeypatch.chdir(tmp_path)
     settings["data_path"] = "data/"  # relative, as in the protocol
-    benchmark.run("CLLM4Rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results", config_dict=settings)
+    benchmark.run(Settings("CLLM4Rec", "tiny", properties_dir=properties, results_dir=tmp_path / "results",
+                           config_dict=settings))
     checkpoint = next((tmp_path / "saved").glob("CLLM4Rec-tiny-*-best.pth"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -200,7 +200,7 @@ def test_zero_layers_keeps_only_the_embeddings_and_final_norm(data_root, tmp_pat
     assert len(model.backbone.model.layers) == 0
     tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:2])
     hidden = model.hidden_states(tokens, attention_mask, "collaborative")
-    own_embeddings = model.backbone.model.norm(model._embed(tokens, "collaborative"))
+    own_embeddings = model.backbone.model.norm(model.embed_tokens(tokens, "collaborative"))
     assert torch.allclose(hidden, own_embeddings, atol=1e-6)  # no position sees another
     trainer = CLLM4RecTrainer(config, model)
     trainer.fit(train_data, valid_data)
@@ -212,11 +212,11 @@ def test_residual_item_head_input_skips_the_final_norm_on_the_collaborative_side
                                                              item_head_input="residual", epochs=1)
     _, normed, *_ = build(data_root, tmp_path, tiny_llama, llm_num_layers=0)
     tokens, attention_mask, _ = pad_documents(model.corpus.collaborative_documents()[:2])
-    embeddings = model._embed(tokens, "collaborative")
+    embeddings = model.embed_tokens(tokens, "collaborative")
     torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "collaborative"), embeddings)
     torch.testing.assert_close(normed.hidden_states(tokens, attention_mask, "collaborative"), model.final_norm(embeddings))
     torch.testing.assert_close(model.hidden_states(tokens, attention_mask, "content"),
-                               model.final_norm(model._embed(tokens, "content")))
+                               model.final_norm(model.embed_tokens(tokens, "content")))
     assert not any(key.startswith("final_norm.") for key in model.state_dict())
     assert not any(parameter.requires_grad for parameter in model.final_norm.parameters())
     trainer = CLLM4RecTrainer(config, model)
@@ -270,8 +270,8 @@ def test_soft_token_scale_multiplies_only_the_id_embeddings(data_root, tmp_path,
     tokens, _, _ = pad_documents(plain.corpus.collaborative_documents()[:3])
     is_soft = (tokens >= plain.token_space.vocab_size).unsqueeze(-1)
     for side in ("collaborative", "content"):
-        expected = torch.where(is_soft, 3 * plain._embed(tokens, side), plain._embed(tokens, side))
-        torch.testing.assert_close(scaled._embed(tokens, side), expected)
+        expected = torch.where(is_soft, 3 * plain.embed_tokens(tokens, side), plain.embed_tokens(tokens, side))
+        torch.testing.assert_close(scaled.embed_tokens(tokens, side), expected)
     torch.testing.assert_close(scaled.item_head.weight, plain.item_head.weight)  # the head reads them unscaled
 
 
@@ -392,13 +392,7 @@ def test_item_bias_and_untied_head_are_options_that_train(data_root, tmp_path, t
 
 
 def test_probe_metrics_match_recbole_evaluator(tiny):
-    import importlib.util
-
-    from conftest import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("probe", PROJECT_ROOT / "scripts" / "probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    from experiments import common as probe
     config, model, train_data, valid_data, _ = tiny
     targets = probe.validation_subset(valid_data._dataset, n_users=10**6)
     recall, ndcg = probe.recall_ndcg(model, targets, k_recall=10, k_ndcg=10)
@@ -670,13 +664,10 @@ def test_lazy_user_table_updates_move_only_the_batchs_users(data_root, tmp_path,
 
 
 def test_lazy_user_table_updates_refuse_what_sparse_gradients_cannot_do(data_root, tmp_path, tiny_llama):
-    from recbole_cllm4rec.trainer import id_table_adam
-
-    config, model, *_ = build(data_root, tmp_path, tiny_llama, user_table_updates="lazy", clip_grad_norm={"max_norm": 1.0})
-    with pytest.raises(ValueError, match="user_table_updates: lazy"):
-        CLLM4RecTrainer(config, model)
-    with pytest.raises(ValueError, match="weight_decay"):
-        id_table_adam(model, 1e-3, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="user_table_updates=lazy works with one process and no clip_grad_norm"):
+        build(data_root, tmp_path, tiny_llama, user_table_updates="lazy", clip_grad_norm={"max_norm": 1.0})
+    with pytest.raises(ValueError, match="user_table_updates=lazy takes no weight_decay"):
+        build(data_root, tmp_path / "decay", tiny_llama, user_table_updates="lazy", weight_decay=1e-4)
     with pytest.raises(ValueError, match="user_table_updates"):
         build(data_root, tmp_path / "bad", tiny_llama, user_table_updates="sparse")
 
@@ -720,7 +711,7 @@ def test_first_log_lines_name_the_profile_and_estimate_the_time(data_root, tmp_p
 
 
 def test_building_the_model_leaves_the_process_malloc_alone(data_root, tmp_path, tiny_llama, monkeypatch):
-    from recbole_cllm4rec import cpu_memory
+    from recbole_cllm4rec.benchmark import cpu_memory
 
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)

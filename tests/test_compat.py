@@ -120,9 +120,9 @@ def test_cause_i_bert4rec_scores_real_mask_slots_only_with_recboles_loss_and_gra
         loss.backward()
         return loss.detach(), [parameter.grad.clone() for parameter in model.parameters()], torch.get_rng_state()
 
-    from recbole_cllm4rec import compat
+    from recbole_cllm4rec.benchmark.speedups import score_real_mask_slots_only_in_bert4rec
 
-    compat.score_real_mask_slots_only_in_bert4rec()  # as the benchmark runner does
+    score_real_mask_slots_only_in_bert4rec()  # as the benchmark runner does
     assert BERT4Rec.calculate_loss.__wrapped_by_recbole_cllm4rec__
     patched = loss_gradients_and_rng(BERT4Rec.calculate_loss)
     recbole = loss_gradients_and_rng(BERT4Rec.calculate_loss.__wrapped__)
@@ -142,8 +142,15 @@ def test_importing_the_plugin_changes_no_other_model():
         "before = (b.BERT4Rec.calculate_loss, p.BPR.calculate_loss)\n"
         "import recbole_cllm4rec\n"
         "assert (b.BERT4Rec.calculate_loss, p.BPR.calculate_loss) == before\n"
+        "import sys\n"
+        "assert 'recbole_cllm4rec.benchmark' not in sys.modules  # the benchmark is not the plugin\n"
         "from recbole.utils import get_model\n"
         "assert get_model('CLLM4Rec') is recbole_cllm4rec.CLLM4Rec\n"
     )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    # nor does it load models it does not use: SINE's import turns autograd's anomaly mode on for the process
+    script = ("import sys, recbole_cllm4rec\n"
+              "assert not [name for name in sys.modules if name.startswith('recbole.model.sequential_recommender')]\n")
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -7,7 +7,7 @@ import pytest
 
 PROBE = """
 import ctypes, os, sys
-from recbole_cllm4rec.cpu_memory import keep_freed_memory
+from recbole_cllm4rec.benchmark.cpu_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")

@@ -1,15 +1,10 @@
-"""scripts/diagnose_backbone.py: how much of a soft token's identity reaches the item head."""
+"""experiments/diagnose_backbone.py: how much of a soft token's identity reaches the item head."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from test_cllm4rec import build
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-spec = importlib.util.spec_from_file_location("diagnose_backbone", SCRIPTS / "diagnose_backbone.py")
-diagnose_backbone = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(diagnose_backbone)
+from experiments import diagnose_backbone
 
 
 def scoring_documents(model):

@@ -1,18 +1,11 @@
-"""scripts/diagnose_model.py's drift report: how far training moved the ID tables from their seeded start."""
+"""experiments/diagnose_model.py's drift report: how far training moved the ID tables from their seeded start."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from test_cllm4rec import build
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-spec = importlib.util.spec_from_file_location("diagnose_model", SCRIPTS / "diagnose_model.py")
-diagnose_model = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(diagnose_model)
+from experiments import diagnose_model
 
 
 def test_drift_separates_a_shared_move_from_each_row_moving_its_own_way(data_root, tmp_path, tiny_llama):

@@ -1,19 +1,12 @@
-"""scripts/id_surrogate.py: CLLM4Rec's finetuning objective on the ID embeddings alone."""
+"""experiments/id_surrogate.py: CLLM4Rec's finetuning objective on the ID embeddings alone."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_cllm4rec import build
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-spec = importlib.util.spec_from_file_location("id_surrogate", SCRIPTS / "id_surrogate.py")
-id_surrogate = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(id_surrogate)
+from experiments import id_surrogate
 
 
 @pytest.fixture
@@ -46,7 +39,7 @@ def test_training_fits_the_held_out_items_and_never_predicts_padding(surrogate, 
     corpus = surrogate.corpus
     users = np.asarray([user for user in range(1, len(corpus.user_histories)) if len(corpus.user_histories[user])])
     optimizer = torch.optim.Adam(surrogate.parameters(), lr=0.05)
-    losses = [id_surrogate.train_epoch(surrogate, optimizer, users, 0.3, 4, torch.Generator().manual_seed(epoch),
+    losses = [id_surrogate.train_epoch(surrogate, optimizer, users, 4, torch.Generator().manual_seed(epoch),
                                        batch_tokens) for epoch in range(8)]
     assert losses[-1] < 0.8 * losses[0]
     scores = surrogate.full_sort_predict({"user_id": torch.as_tensor(users[:3])})
@@ -59,5 +52,5 @@ def test_tables_get_one_header_and_each_run_its_command(tmp_path):
         id_surrogate.append_table(output, "id_surrogate.py", ["--label", label], ("run", "epoch"), [(label, 1), (label, 2)])
     lines = output.read_text().splitlines()
     assert lines[:2] == ["| run | epoch |", "|---|---|"] and lines.count("| run | epoch |") == 1
-    assert lines[2:5] == ["| a | 1 |", "| a | 2 |", "| `python scripts/id_surrogate.py --label a` | |"]
+    assert lines[2:5] == ["| a | 1 |", "| a | 2 |", "| `python -m experiments.id_surrogate --label a` | |"]
     assert len(lines) == 8

@@ -1,19 +1,14 @@
-"""scripts/seed_table.py: per-seed tables of records, and differences only where both families have the seed."""
+"""experiments/seed_table.py: per-seed tables of records, and differences only where both families have the seed."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "seed_table.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("seed_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from experiments import seed_table
+
+    return seed_table
 
 
 def write_record(folder, label, seed, ndcg):

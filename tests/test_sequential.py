@@ -6,7 +6,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.dataset import Dataset
 from recbole.utils import init_seed
 
-from recbole_cllm4rec.sequential import sequential_data_preparation
+from recbole_cllm4rec.benchmark.sequential import sequential_data_preparation
 
 
 def pairs(dataset):

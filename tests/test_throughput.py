@@ -1,17 +1,12 @@
-"""scripts/throughput.py's measurements run on a tiny backbone: the three raw references and the plugin's step."""
+"""experiments/throughput.py's measurements run on a tiny backbone: the three raw references and the plugin's step."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
 from test_cllm4rec import build
 
 from recbole_cllm4rec.corpus import bucket_batches
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "throughput.py"
-spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-throughput = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(throughput)
+from experiments import throughput
 
 
 def test_raw_references_and_plugin_step_measure_real_tokens(data_root, tmp_path, tiny_llama):

@@ -7,8 +7,7 @@ import pytest
 import yaml
 from test_benchmark import properties  # noqa: F401  (fixture)
 
-from recbole_cllm4rec import tuning
-from recbole_cllm4rec.benchmark import BenchmarkError
+from recbole_cllm4rec.benchmark import BenchmarkError, Search, Settings, tuning
 
 SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
          "embedding_size": {"type": "categorical", "choices": [8, 16]}}
@@ -17,14 +16,15 @@ SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.05, "log": T
 def search(data_root, properties, tmp_path, n_trials, **kwargs):  # noqa: F811
     (properties / "hyper").mkdir(exist_ok=True)
     (properties / "hyper" / "BPR.yaml").write_text(yaml.safe_dump(SPACE))
-    return tuning.tune("BPR", "tiny", n_trials=n_trials, storage=f"sqlite:///{tmp_path / 'study.db'}",
-                       config_dict={"data_path": str(data_root), "epochs": 4}, properties_dir=properties,
-                       results_dir=tmp_path / "results", **kwargs)
+    search_keys = {key: kwargs.pop(key) for key in list(kwargs) if key in Search.__dataclass_fields__}
+    return tuning.tune(Settings("BPR", "tiny", config_dict={"data_path": str(data_root), "epochs": 4},
+                                properties_dir=properties, results_dir=tmp_path / "results", **kwargs),
+                       Search(n_trials=n_trials, storage=f"sqlite:///{tmp_path / 'study.db'}", **search_keys))
 
 
 def counting_runs(monkeypatch):
-    original_run, calls = tuning.benchmark.run, []
-    monkeypatch.setattr(tuning.benchmark, "run", lambda *args, **kwargs: calls.append(kwargs) or original_run(*args, **kwargs))
+    original_run, calls = tuning.runs.run, []
+    monkeypatch.setattr(tuning.runs, "run", lambda settings, **kwargs: calls.append(settings) or original_run(settings, **kwargs))
     return calls
 
 
@@ -52,7 +52,7 @@ def test_retrained_tuned_row_is_the_best_configuration_run_again(data_root, prop
     assert not (tmp_path / "results" / "tiny" / "BPR-tuned.json").exists()
     calls = counting_runs(monkeypatch)
     search(data_root, properties, tmp_path, 2, final_run="retrain")
-    assert len(calls) == 1 and calls[0]["label"] == "BPR-tuned"  # only the final run
+    assert len(calls) == 1 and calls[0].label == "BPR-tuned"  # only the final run
     record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
     assert record["tuning"]["row_from"] == "the best configuration trained again"
     assert record["best_valid_score"] == study.best_value and record["test"] == study.best_trial.user_attrs["test"]
@@ -64,7 +64,7 @@ def test_best_trial_recorded_without_its_run_is_trained_again(data_root, propert
     recorded_study(tmp_path).trials_dataframe().to_csv(output / "trials.csv", index=False)  # no run records
     calls = counting_runs(monkeypatch)
     search(data_root, properties, tmp_path, 2)
-    assert len(calls) == 1 and calls[0]["label"] == "BPR-tuned"
+    assert len(calls) == 1 and calls[0].label == "BPR-tuned"
     record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
     assert record["config"]["learning_rate"] == 0.009387580144433756 and record["tuning"]["best_trial"] == 0
 
@@ -76,7 +76,7 @@ def test_unknown_final_run_is_refused_before_the_search(data_root, properties, t
 
 
 def test_resume_after_interruption_runs_only_missing_trials(data_root, properties, tmp_path, monkeypatch):  # noqa: F811
-    original_run, calls, seen_while_running = tuning.benchmark.run, [], []
+    original_run, calls, seen_while_running = tuning.runs.run, [], []
     output = tmp_path / "results" / "tiny" / "tuning" / "BPR"
 
     def interrupted_run(*args, callback_fn, **kwargs):
@@ -90,7 +90,7 @@ def test_resume_after_interruption_runs_only_missing_trials(data_root, propertie
 
         return original_run(*args, callback_fn=report_then_stop, **kwargs)
 
-    monkeypatch.setattr(tuning.benchmark, "run", interrupted_run)
+    monkeypatch.setattr(tuning.runs, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         search(data_root, properties, tmp_path, 3, final_run=False)
     running = seen_while_running[0]["trials"][1]
@@ -98,7 +98,7 @@ def test_resume_after_interruption_runs_only_missing_trials(data_root, propertie
     recorded = json.loads((output / "trials.json").read_text())
     assert [trial["state"] for trial in recorded["trials"]] == ["COMPLETE", "FAIL"]
     assert list(recorded["trials"][1]["intermediate_values"]) == ["0", "1"]  # the epochs the cut-off trial reached
-    monkeypatch.setattr(tuning.benchmark, "run", original_run)
+    monkeypatch.setattr(tuning.runs, "run", original_run)
     study = search(data_root, properties, tmp_path, 3, final_run=False)
     verdicts = [trial for trial in study.trials if tuning.reached_verdict(trial)]
     assert len(verdicts) == 3 and len(study.trials) == 4  # the interrupted one is kept, marked, and re-run
@@ -125,7 +125,7 @@ def test_workers_sharing_a_study_draw_their_own_configurations(tmp_path):
 
 
 def test_tuned_cell_names_repeated_configurations():
-    from recbole_cllm4rec.benchmark import tuning_summary
+    from recbole_cllm4rec.benchmark.tables import tuning_summary
 
     assert tuning_summary(None) == "no (defaults)"
     assert tuning_summary({"n_trials": 22}) == "yes, 22 trials"  # records from before the count
@@ -134,7 +134,7 @@ def test_tuned_cell_names_repeated_configurations():
 
 def test_missing_search_space_names_the_file(data_root, properties, tmp_path):  # noqa: F811
     with pytest.raises(BenchmarkError, match=r"No search space for Pop: write .*hyper/Pop.yaml"):
-        tuning.tune("Pop", "tiny", n_trials=1, properties_dir=properties, results_dir=tmp_path)
+        tuning.tune(Settings("Pop", "tiny", properties_dir=properties, results_dir=tmp_path), Search(n_trials=1))
 
 
 def test_explicit_search_space_is_the_one_searched_and_recorded(data_root, properties, tmp_path):  # noqa: F811
@@ -146,7 +146,8 @@ def test_explicit_search_space_is_the_one_searched_and_recorded(data_root, prope
     record = json.loads((tmp_path / "results" / "tiny" / "BPR-tuned.json").read_text())
     assert record["tuning"]["search_space"] == str(narrow.resolve())
     with pytest.raises(BenchmarkError, match=r"Search space file .*missing.yaml does not exist"):
-        tuning.tune("BPR", "tiny", n_trials=1, properties_dir=properties, search_space=str(tmp_path / "missing.yaml"))
+        tuning.tune(Settings("BPR", "tiny", properties_dir=properties),
+                    Search(n_trials=1, search_space=str(tmp_path / "missing.yaml")))
 
 
 def test_worker_leaves_outputs_to_the_last_one_still_running(data_root, properties, tmp_path):  # noqa: F811
@@ -169,8 +170,8 @@ def test_new_storage_goes_on_from_the_recorded_trials(data_root, properties, tmp
     assert recorded["study_name"] == "tiny-BPR" and [trial["state"] for trial in recorded["trials"]] == ["COMPLETE"] * 2
     assert all(len(trial["intermediate_values"]) >= 1 for trial in recorded["trials"])
     (tmp_path / "study.db").rename(tmp_path / "lost.db")  # a fresh checkout: the SQLite study is not in git
-    original_run, calls = tuning.benchmark.run, []
-    monkeypatch.setattr(tuning.benchmark, "run", lambda *args, **kwargs: calls.append(1) or original_run(*args, **kwargs))
+    original_run, calls = tuning.runs.run, []
+    monkeypatch.setattr(tuning.runs, "run", lambda *args, **kwargs: calls.append(1) or original_run(*args, **kwargs))
     study = search(data_root, properties, tmp_path, 3, final_run=False)
     assert len(study.trials) == 3 and len(calls) == 1  # two restored, one run
     for trial, before in zip(study.trials, recorded["trials"]):

@@ -10,6 +10,11 @@ break on them: tabs, newlines and runs of whitespace become one space, and doubl
 by single ones (a cell starting with ``"`` makes pandas' C reader fail). Both the 2014 format
 (``categories`` as lists of paths) and the 2018 format (``category`` as a flat list) are read; the 2014
 metadata, a Python literal per line rather than JSON, is read too.
+
+Copies are removed before the k-core: one review (the same user, timestamp and non-empty text) attached to several
+items is one review of one product shown on its linked listings (the 2018 dumps copy a review to every variant
+listing of a product), so it becomes one interaction, with the listing whose asin sorts first (the same listing for
+every reviewer of that product). Of several reviews of one (user, item), the latest is kept.
 """
 
 import argparse
@@ -20,6 +25,8 @@ import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+
+CONVERSION_RULES = 2  # raised whenever a rule changes what a conversion writes: 2 counts a copied review once
 
 
 def open_text(path):
@@ -68,6 +75,15 @@ def kcore(interactions, k):
     return interactions
 
 
+def drop_listing_copies(interactions):
+    """One interaction per review: of the items a user's review (timestamp and text) was copied to, the first asin."""
+    kept = {}
+    for (user, item), value in sorted(interactions.items()):
+        key = (user, value["timestamp"], value["review"]) if value["review"] else (user, item)
+        kept.setdefault(key, ((user, item), value))
+    return dict(kept.values())
+
+
 def item_fields(record):
     categories = record.get("categories") or record.get("category") or []
     if categories and isinstance(categories[0], (list, tuple)):  # 2014: list of category paths
@@ -83,7 +99,8 @@ def item_fields(record):
 
 
 def convert(reviews, output, name, meta=None, k=0):
-    """Convert; returns a summary dict. Duplicate (user, item) reviews keep the latest one."""
+    """Convert; returns a summary dict. Duplicate (user, item) reviews keep the latest one; a review copied to
+    linked listings counts once."""
     interactions = {}
     for record in read_records(reviews):
         user, item = record.get("reviewerID"), record.get("asin")
@@ -100,7 +117,12 @@ def convert(reviews, output, name, meta=None, k=0):
             }
     if not interactions:
         raise ValueError(f"{reviews} holds no review with both reviewerID and asin")
+    copies = len(interactions)
+    interactions = drop_listing_copies(interactions)
+    copies -= len(interactions)
     interactions = kcore(interactions, k)
+    if not interactions:
+        raise ValueError(f"{reviews}: no interaction is left in the {k}-core once copied reviews count once")
     folder = Path(output) / name
     folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(interactions.items(), key=lambda entry: (entry[0][0], entry[1]["timestamp"], entry[0][1]))
@@ -126,6 +148,7 @@ def convert(reviews, output, name, meta=None, k=0):
         "users": len({user for user, _ in interactions}),
         "items": len(items),
         "interactions": len(interactions),
+        "listing_copies_removed": copies,
         "items_with_metadata": written_items,
     }
 

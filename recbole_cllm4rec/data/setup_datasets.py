@@ -5,14 +5,16 @@
 - ``amazon-beauty``: a symlink to the shared atomic files (never copied into the repository);
 - ``amazon-all-beauty-18``: converted from the shared raw 2018 All_Beauty 5-core reviews;
 - ``ml-100k``: a symlink to the copy inside the installed ``recbole`` package (``dataset_example/ml-100k``).
-A missing shared folder is reported and skipped: a user may supply their own copies instead.
+A missing shared folder is reported and skipped: a user may supply their own copies instead. A converted dataset
+is built again when the converter's rules changed since it was built (``conversion.json`` beside it says which).
 """
 
 import argparse
+import json
 import os
 from pathlib import Path
 
-from recbole_cllm4rec.data.amazon import convert
+from recbole_cllm4rec.data.amazon import CONVERSION_RULES, convert
 
 LINKED = ["amazon-beauty"]
 CONVERTED = {"amazon-all-beauty-18": "raw/All_Beauty_5.json.gz"}
@@ -46,10 +48,13 @@ def setup(shared, dataset_dir):
         link(recbole_example_dataset(name), dataset_dir / name)
     for name, raw in CONVERTED.items():
         source = shared / raw
-        if (dataset_dir / name / f"{name}.inter").is_file():
+        stamp = dataset_dir / name / "conversion.json"
+        built_with = json.loads(stamp.read_text())["rules"] if stamp.is_file() else None
+        if (dataset_dir / name / f"{name}.inter").is_file() and built_with == CONVERSION_RULES:
             print(f"{dataset_dir / name}: already converted")
         elif source.is_file():
             summary = convert(source, dataset_dir, name)
+            stamp.write_text(json.dumps({"rules": CONVERSION_RULES, "source": str(source), **summary}, indent=1) + "\n")
             print(f"{dataset_dir / name}: converted from {source}: {summary}")
         else:
             print(f"{source} not found: {name} not built")
@@ -57,8 +62,8 @@ def setup(shared, dataset_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", default="../shared/datasets")
-    parser.add_argument("--dataset-dir", default="dataset")
+    parser.add_argument("--shared", required=True, help="the folder holding the shared datasets")
+    parser.add_argument("--dataset-dir", default="dataset", help="RecBole's data_path (default: ./dataset)")
     arguments = parser.parse_args(argv)
     setup(arguments.shared, arguments.dataset_dir)
 

@@ -63,11 +63,9 @@ class CLLM4Rec(GeneralRecommender):
         self.llm_num_layers = config["llm_num_layers"]
         self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
         self.reg_weight = config["reg_weight"]
-        self.mask_ratio = config["mask_ratio"]
         self.finetune_target = config["finetune_target"]
         self.id_embedding_init = config["id_embedding_init"]
         self.id_embedding_max_norm = config["id_embedding_max_norm"]
-        self.user_learning_rate_scale = config["user_learning_rate_scale"]
         self.soft_token_scale = config["soft_token_scale"]
         self.user_table_updates = config["user_table_updates"]
         self.item_text_fields = config["item_text_fields"]
@@ -97,7 +95,8 @@ class CLLM4Rec(GeneralRecommender):
         self.vocab_size, hidden_size = word_embeddings.weight.shape
         if self.vocab_size < len(self.tokenizer):
             raise ValueError("The backbone's embedding matrix is smaller than its tokenizer's vocabulary")
-        self.corpus = CLLM4RecCorpus(dataset, self.tokenizer, config, self.vocab_size, self.logger)
+        self.corpus = CLLM4RecCorpus(dataset, self.tokenizer, config, self.vocab_size, self.logger,
+                                     read_item_texts=config["id_embedding_init"] == "text_mean")
         check_batch_budgets(config, self.corpus.longest_document())
         self.token_space = self.corpus.token_space
 
@@ -219,12 +218,12 @@ class CLLM4Rec(GeneralRecommender):
         return [parameter for parameter in self.parameters() if parameter.requires_grad]
 
     # ----- the language model ---------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
         if self.mixed_precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _embed(self, tokens, side):
+    def embed_tokens(self, tokens, side):
         """Input embeddings for extended token ids [B, L] -> [B, L, H]; ``side`` picks the ID table. The ID
         embeddings enter multiplied by ``soft_token_scale``: the frozen blocks add to every position a vector much
         longer than a token embedding, so at scale 1 a soft token's own identity is a small part of its last state."""
@@ -257,11 +256,11 @@ class CLLM4Rec(GeneralRecommender):
         # A batch without padding (length bucketing makes many) runs with no mask: the backbone then takes
         # its plain causal-attention path instead of building and applying a padding mask.
         mask = None if bool(attention_mask.all()) else attention_mask.long()
-        embeddings = self._embed(tokens, side)
+        embeddings = self.embed_tokens(tokens, side)
         if self.training and self.llm_dropout:  # GPT-2's embd_pdrop; the blocks' branches drop in their hooks
             embeddings = dropout(embeddings, self.llm_dropout)
         mix = self.layer_mix is not None and side == "collaborative"
-        with self._autocast():
+        with self.autocast():
             output = self.backbone.base_model(
                 inputs_embeds=embeddings, attention_mask=mask, use_cache=False, output_hidden_states=mix
             )
@@ -292,7 +291,7 @@ class CLLM4Rec(GeneralRecommender):
     def _item_logits(self, hidden):
         if self.item_logit_scale is not None:
             hidden = hidden * self.item_logit_scale
-        with self._autocast():
+        with self.autocast():
             logits = self.item_head(hidden)
         logits = logits.float()
         logits[:, 0] = float("-inf")  # RecBole's padding item is never a valid prediction
@@ -339,7 +338,7 @@ class CLLM4Rec(GeneralRecommender):
         """Next-token cross-entropy over the backbone vocabulary, on the text main text; plus the regulariser."""
         hidden = self.hidden_states(tokens, attention_mask, "content")
         rows, columns = target_mask.nonzero(as_tuple=True)
-        with self._autocast():
+        with self.autocast():
             logits = self.vocab_head(hidden[rows, columns])
         language_loss = F.cross_entropy(logits.float(), tokens[rows, columns + 1])
         return language_loss, self.mutual_regularization(tokens, "content")
@@ -383,7 +382,7 @@ class CLLM4Rec(GeneralRecommender):
     def calculate_loss(self, interaction):
         """The finetuning objective for the users of ``interaction`` (a fresh random mask each call)."""
         users = torch.unique(interaction[self.USER_ID]).tolist()
-        documents, held_out = self.corpus.recommendation_documents(users, self.mask_ratio, generator=None)
+        documents, held_out = self.corpus.recommendation_documents(users, generator=None)
         language_loss, regularization = self.recommendation_loss(*self.recommendation_batch(documents, held_out))
         return language_loss + regularization
 

@@ -1,6 +1,6 @@
 """How much of the frozen backbone CLLM4Rec can use at a given depth, before any training.
 
-    python scripts/diagnose_backbone.py --dataset=amazon-beauty --layers=2,8,16,30 \
+    python -m experiments.diagnose_backbone --dataset=amazon-beauty --layers=2,8,16,30 \
         [--config_files=...] [--item_logit_scale=0.1] [--output=results/notes/amazon-beauty-diagnostics.md]
 
 For each ``llm_num_layers`` it builds CLLM4Rec with fresh soft tokens and reports, with no gradient step:
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
-from recbole_cllm4rec.corpus import Document, pad_documents  # noqa: E402
+from recbole_cllm4rec.benchmark.protocol import build_cllm4rec
+from recbole_cllm4rec.corpus import Document, pad_documents
 
 
 def last_states(model, documents):
@@ -37,7 +36,7 @@ def last_states(model, documents):
 def soft_token_identity(model, documents):
     tokens, attention_mask, _ = pad_documents(documents)
     is_item = attention_mask.bool() & (tokens >= model.token_space.item_offset)
-    entering = model._embed(tokens, "collaborative")[is_item]
+    entering = model.embed_tokens(tokens, "collaborative")[is_item]
     states = model.hidden_states(tokens, attention_mask, "collaborative")[is_item]
     added = states - entering
     cosine = torch.nn.functional.cosine_similarity
@@ -59,7 +58,7 @@ def diagnose(model, n_documents, n_users):
         content_loss, _, _ = model.document_loss("content", corpus.sampled_content_documents(torch.Generator().manual_seed(0))[:n_documents])
         row["content loss"] = float(content_loss)
     users = list(range(1, min(n_users, len(corpus.user_histories) - 1) + 1))
-    documents, held_out = corpus.recommendation_documents(users, model.mask_ratio, torch.Generator().manual_seed(0))
+    documents, held_out = corpus.recommendation_documents(users, torch.Generator().manual_seed(0))
     item_loss, _, _ = model.document_loss("recommendation", documents, held_out)
     row["item loss"] = float(item_loss) * len(documents) / sum(len(items) for items in held_out)
     template = corpus.recommendation_template
@@ -98,7 +97,7 @@ def main(argv=None):
 
     uniform_vocabulary, uniform_items = math.log(model.vocab_size), math.log(model.n_items - 1)
     if arguments.output:
-        command = "python scripts/diagnose_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m experiments.diagnose_backbone " + " ".join(argv if argv is not None else sys.argv[1:])
         keys = list(rows[0])
         path = Path(arguments.output)
         lines = [] if path.exists() else [f"# CLLM4Rec's frozen backbone by depth, {arguments.dataset}, before training", ""]

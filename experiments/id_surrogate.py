@@ -1,6 +1,6 @@
 """CLLM4Rec's finetuning objective with the language model taken out: what the ID embeddings alone learn.
 
-    python scripts/id_surrogate.py --dataset=amazon-beauty --learning_rate=2e-3 --epochs=10 [--no_user_token] \
+    python -m experiments.id_surrogate --dataset=amazon-beauty --learning_rate=2e-3 --epochs=10 [--no_user_token] \
         [--final_norm] [--bucketed] [--users=0] [--label=NAME] [--output=FILE.md] [--key=value ...]
 
 The user's state is the mean of the ID embeddings in the finetuning prompt (the user token and the visible
@@ -18,8 +18,6 @@ batches. The masks of an epoch are drawn for all users before its batches (as th
 """
 
 import argparse
-import sys
-from pathlib import Path
 from time import perf_counter
 
 import numpy as np
@@ -27,14 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe import append_table, recall_ndcg, validation_subset  # noqa: E402
+from experiments.common import append_table, recall_ndcg, validation_subset
 
-from recbole_cllm4rec.backbone import take_final_norm  # noqa: E402
-from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
-from recbole_cllm4rec.corpus import bucket_batches  # noqa: E402
+from recbole_cllm4rec.backbone import take_final_norm
+from recbole_cllm4rec.benchmark.protocol import build_cllm4rec
+from recbole_cllm4rec.corpus import bucket_batches
 
 
 class IDSurrogate(nn.Module):
@@ -78,12 +74,12 @@ class IDSurrogate(nn.Module):
         return self.item_logits(self.states(users, [self.corpus.user_histories[user] for user in users]))
 
 
-def train_epoch(model, optimizer, users, mask_ratio, batch_users, generator, batch_tokens=None):
+def train_epoch(model, optimizer, users, batch_users, generator, batch_tokens=None):
     """One pass over ``users`` in random batches of ``batch_users``; with ``batch_tokens``, in the trainer's
     length-bucketed batches of at most that many padded prompt tokens instead."""
     corpus = model.corpus
     losses = []
-    all_documents, all_held_out = corpus.recommendation_documents(users, mask_ratio, generator)
+    all_documents, all_held_out = corpus.recommendation_documents(users, generator)
     if batch_tokens:
         batches = bucket_batches([len(document.tokens) for document in all_documents], batch_tokens, generator)
     else:
@@ -155,7 +151,7 @@ def main(argv=None):
     started = perf_counter()
     for epoch in range(1, arguments.epochs + 1):
         generator = torch.Generator().manual_seed(config["seed"] + epoch)
-        loss = train_epoch(model, optimizer, users, config["mask_ratio"], arguments.batch_users, generator,
+        loss = train_epoch(model, optimizer, users, arguments.batch_users, generator,
                            batch_tokens)
         recall, ndcg = evaluate(model, targets)
         rows.append((epoch, loss, recall, ndcg, perf_counter() - started))

@@ -1,6 +1,6 @@
 """Paired per-user tests and slices of a dataset's main rows, from the per-user files beside their records.
 
-    python scripts/significance.py --dataset=ml-100k --model=CLLM4Rec --against=EASE-tuned \
+    python -m experiments.significance --dataset=ml-100k --model=CLLM4Rec --against=EASE-tuned \
         --beside=CLLM4Rec-no-transformer,CLLM4Rec-random-init [--output=results/ml-100k-significance.md]
 
 Writes the two-sided Wilcoxon signed-rank test of ``--model`` against ``--against`` on each headline metric
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recbole_cllm4rec.benchmark import HEADLINE_METRICS, PROJECT_ROOT
-from recbole_cllm4rec.per_user import HEAD_SHARE, paired_wilcoxon, read_per_user
+from recbole_cllm4rec.benchmark.protocol import HEADLINE_METRICS
+from recbole_cllm4rec.benchmark.per_user import HEAD_SHARE, paired_wilcoxon, read_per_user
 
 
 def load(dataset, label, results_dir):
@@ -62,7 +62,7 @@ def report(dataset, model, against, beside, results_dir):
     lines = [f"# {dataset}: {model} against {against}, per user", "",
              f"Seed {seeds.pop()}, {len(common)} test users in every row. Test: two-sided Wilcoxon signed-rank on the "
              f"per-user differences ({model} minus {against}); users whose values are equal are dropped, as Wilcoxon's "
-             "rule has it. Command: `python scripts/significance.py --dataset="
+             "rule has it. Command: `python -m experiments.significance --dataset="
              f"{dataset} --model={model} --against={against}" + (f" --beside={','.join(beside)}`" if beside else "`"),
              "", "## Paired test", "", "| metric | " + f"{model} | {against} | mean difference | users differing | p-value |",
              "|---|---|---|---|---|---|"]
@@ -100,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--model", default="CLLM4Rec")
     parser.add_argument("--against", required=True)
     parser.add_argument("--beside", default="")
-    parser.add_argument("--results_dir", default=str(PROJECT_ROOT / "results"))
+    parser.add_argument("--results_dir", default="results")
     parser.add_argument("--output", default=None)
     arguments = parser.parse_args(argv)
     beside = [label for label in arguments.beside.split(",") if label]

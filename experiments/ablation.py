@@ -1,9 +1,9 @@
 """CLLM4Rec ablations under the benchmark protocol: what each part of the method contributes.
 
-    python scripts/ablation.py --dataset=amazon-all-beauty-18 --profile=cpu \
+    python -m experiments.ablation --dataset=amazon-all-beauty-18 --profile=cpu \
         --content_lm=True --content_warmup_epochs=1 --layers=1 --output=results/ablations/amazon-all-beauty-18-components-cpu.md
 
-Each variant is one full train / validate / test run through ``benchmark.run`` (same split, seed and
+Each variant is one full train / validate / test run through ``recbole_cllm4rec.benchmark.run`` (same split, seed and
 protocol as the comparison tables), starting from the given configuration:
 
 - ``full``: the configuration as given (the content LM must be on: the other variants switch parts off);
@@ -30,9 +30,11 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec import benchmark  # noqa: E402
+from recbole_cllm4rec.benchmark import protocol, runs, tables
+from recbole_cllm4rec.benchmark.settings import Settings
+
+PROPERTIES_DIR = Path("properties")  # run from the checkout's root
 
 VARIANTS = {
     "full": {},
@@ -56,8 +58,8 @@ def full_from_record(path, dataset, config_files, recbole_arguments, command):
     and these overrides."""
     record = json.loads(Path(path).read_text(encoding="utf-8"))
     expected_files = [str(Path(file).resolve()) for file in
-                      benchmark.config_files_for("CLLM4Rec", dataset, benchmark.PROJECT_ROOT / "properties", config_files)]
-    recorded_files = [str((benchmark.PROJECT_ROOT / file).resolve()) for file in record["config_files"]]
+                      protocol.config_files_for("CLLM4Rec", dataset, PROPERTIES_DIR, config_files)]
+    recorded_files = [str(Path(file).resolve()) for file in record["config_files"]]
     mismatches = [what for what, same in (
         ("model", record["model"] == "CLLM4Rec"),
         ("dataset", record["dataset"] == dataset),
@@ -80,10 +82,10 @@ def variant_arguments(base_arguments, overrides):
 
 
 def markdown(records, dataset):
-    headline = benchmark.headline_columns(records)
+    headline = tables.headline_columns(records)
     full = next((record for record in records if record["variant"] == "full"), None)
     commands = " ; ".join(sorted({record["ablation_command"] for record in records}))
-    lines = [f"# CLLM4Rec ablation on {dataset}", "", benchmark.protocol_text(benchmark.PROJECT_ROOT / "properties", dataset), "",
+    lines = [f"# CLLM4Rec ablation on {dataset}", "", protocol.protocol_text(PROPERTIES_DIR, dataset), "",
              f"Command: `{commands}`", "",
              "| variant | overrides | " + " | ".join(headline) + " | epochs run | wall time (s) | machine |",
              "|---" * (len(headline) + 5) + "|"]
@@ -97,7 +99,7 @@ def markdown(records, dataset):
             cells.append(f"{value:.4f}{change}")
         overrides = ", ".join(f"{key}={value}" for key, value in record["overrides"].items()) or "none"
         lines.append(f"| {record['variant']} | {overrides} | " + " | ".join(cells)
-                     + f" | {record['epochs_run']} | {record['wall_time_s']:.0f} | {benchmark.machine_label(record)} |")
+                     + f" | {record['epochs_run']} | {record['wall_time_s']:.0f} | {tables.machine_label(record)} |")
     commits = sorted({str(record["git_commit"])[:12] for record in records})
     lines += ["", f"Commit(s): {', '.join(commits)}. Every record, with its full configuration, is in the "
               "`.json` beside this file."]
@@ -152,8 +154,8 @@ def main(argv=None):
 
     records_path = output.with_suffix(".json")
     records = json.loads(records_path.read_text(encoding="utf-8")) if records_path.exists() else []
-    command = "python scripts/ablation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    config_files = benchmark.split_config_files(arguments.config_files)
+    command = "python -m experiments.ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
+    config_files = protocol.split_config_files(arguments.config_files)
     if arguments.full_record:
         full = full_from_record(arguments.full_record, arguments.dataset, config_files, recbole_arguments, command)
         records = sorted([kept for kept in records if kept["variant"] != "full"] + [full], key=variant_order)
@@ -161,13 +163,13 @@ def main(argv=None):
         write_outputs(records, output, arguments.dataset)
     for name in chosen:
         overrides = variants[name]
-        record = benchmark.run("CLLM4Rec", arguments.dataset, config_files=config_files,
-                               recbole_arguments=variant_arguments(recbole_arguments, overrides),
-                               label=f"CLLM4Rec-{name}", write=False)
+        record = runs.run(Settings("CLLM4Rec", arguments.dataset, config_files=config_files,
+                                   recbole_arguments=variant_arguments(recbole_arguments, overrides),
+                                   label=f"CLLM4Rec-{name}"), write=False)
         record.update(variant=name, overrides=overrides, ablation_command=command)
         records = sorted([kept for kept in records if kept["variant"] != name] + [record], key=variant_order)
         write_outputs(records, output, arguments.dataset)
-        print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in benchmark.headline_columns([record])),
+        print(f"{name}: " + ", ".join(f"{metric}={record['test'][metric]:.4f}" for metric in tables.headline_columns([record])),
               flush=True)
 
 

@@ -52,8 +52,11 @@ import pandas as pd
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from recbole_cllm4rec import benchmark
-from recbole_cllm4rec.benchmark import PROJECT_ROOT, BenchmarkError
+from recbole_cllm4rec.benchmark import runs
+from recbole_cllm4rec.benchmark.protocol import BenchmarkError, canonical_model_name
+from recbole_cllm4rec.benchmark.records import refuse_to_replace
+from recbole_cllm4rec.benchmark.settings import Search, display_path
+from recbole_cllm4rec.benchmark.tables import publish_record
 
 TRIAL_ERRORS = (ValueError, RuntimeError, MemoryError, FloatingPointError)
 RUN = "run"  # the trial's user attribute holding its run record, less the metrics kept beside it
@@ -254,8 +257,8 @@ class CurveMedianPruner(optuna.pruners.BasePruner):
         return list(scores.values())
 
 
-def default_storage(dataset, model):
-    path = PROJECT_ROOT / "saved" / "optuna" / dataset / f"{model}.db"
+def default_storage(saved_dir, dataset, model):
+    path = Path(saved_dir) / "optuna" / dataset / f"{model}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
@@ -267,8 +270,9 @@ def study_folder(results_dir, dataset, model, study_name):
     return Path(results_dir) / dataset / "tuning" / (model if default else f"{model}-{study_name}")
 
 
-def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=True, grace_period=90):
-    storage = optuna.storages.RDBStorage(storage or default_storage(dataset, model), heartbeat_interval=min(30, grace_period),
+def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=True, grace_period=90, saved_dir="saved"):
+    storage = optuna.storages.RDBStorage(storage or default_storage(saved_dir, dataset, model),
+                                         heartbeat_interval=min(30, grace_period),
                                          grace_period=grace_period)
     return optuna.create_study(
         study_name=study_name or f"{dataset}-{model}",
@@ -496,20 +500,22 @@ def restore_recorded_trials(study, output, space, default_study_name):
     return verdicts
 
 
-def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=None, config_files=(), config_dict=None,
-         recbole_arguments=(), properties_dir=PROJECT_ROOT / "properties", results_dir=PROJECT_ROOT / "results",
-         final_run="reuse", grace_period=90, search_space=None, overwrite=True):
-    """Run the search; return the study. ``n_trials`` counts trials with a verdict, including earlier runs'.
-    ``final_run``: ``reuse``, ``retrain`` or ``None`` (no ``<Model>-tuned`` row)."""
+def tune(settings, search=Search()):
+    """Run the search ``search`` describes over runs as ``settings`` describe them; return the study.
+    ``search.n_trials`` counts trials with a verdict, including earlier runs'."""
+    final_run = search.final_run
     if final_run and final_run not in FINAL_RUNS:  # before the search, not hours into it
         raise BenchmarkError(f"final_run must be one of {', '.join(FINAL_RUNS)} or none, not {final_run!r}")
-    model = benchmark.canonical_model_name(model)
-    if final_run and not overwrite:
-        benchmark.refuse_to_replace(results_dir, dataset, f"{model}-tuned", what="the tuned row of an earlier search")
-    space_path, space = load_search_space(model, properties_dir, search_space)
-    config_dict = dict(config_dict or {})
-    study = open_study(dataset, model, storage, study_name, seed=config_dict.get("seed", 2020), grace_period=grace_period)
-    output = study_folder(results_dir, dataset, model, study.study_name)
+    model = canonical_model_name(settings.model)
+    settings = settings.replace(model=model)
+    dataset, n_trials = settings.dataset, search.n_trials
+    if final_run and not settings.overwrite:
+        refuse_to_replace(settings.results_dir, dataset, f"{model}-tuned", what="the tuned row of an earlier search")
+    space_path, space = load_search_space(model, settings.properties_dir, search.search_space)
+    config_dict = settings.config_dict
+    study = open_study(dataset, model, search.storage, search.study_name, seed=config_dict.get("seed", 2020),
+                       grace_period=search.grace_period, saved_dir=settings.saved_dir)
+    output = study_folder(settings.results_dir, dataset, model, study.study_name)
     logger = optuna.logging.get_logger("optuna.recbole_cllm4rec")  # RecBole's logger is set up only per trial
     output.mkdir(parents=True, exist_ok=True)
     lock_path = output / ".restore.lock"
@@ -534,10 +540,8 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
         trial.set_user_attr(WORKER, this_worker())
         params = suggest(trial, space)
         try:
-            record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
-                                   config_files=config_files, config_dict={**config_dict, **params},
-                                   recbole_arguments=recbole_arguments, write=False,
-                                   callback_fn=pruning_callback(trial, lambda: write_trials(study, output, space_path)))
+            record = runs.run(settings.replace(config_dict={**config_dict, **params}), write=False,
+                              callback_fn=pruning_callback(trial, lambda: write_trials(study, output, space_path)))
         except TRIAL_ERRORS as error:
             trial.set_user_attr("error", repr(error))
             raise
@@ -548,7 +552,7 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
 
     if remaining:
         try:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
+            study.optimize(objective, n_trials=remaining, timeout=search.timeout, catch=TRIAL_ERRORS, gc_after_trial=True,
                            callbacks=[settle_after_every_trial(n_trials, lock_path, logger),
                                       record_every_trial(output, space_path), stop_at_verdicts(n_trials)])
         except KeyboardInterrupt:
@@ -563,15 +567,14 @@ def tune(model, dataset, n_trials=20, timeout=None, storage=None, study_name=Non
     write_outputs(study, output, space_path)
     study.outputs_written = True
     if final_run and any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
-        write_tuned_row(study, model, dataset, final_run, output, space_path, properties_dir, results_dir,
-                        config_files, config_dict, recbole_arguments, logger)
+        write_tuned_row(study, settings, final_run, output, space_path, logger)
     return study
 
 
-def write_tuned_row(study, model, dataset, final_run, output, space_path, properties_dir, results_dir, config_files,
-                    config_dict, recbole_arguments, logger):
+def write_tuned_row(study, settings, final_run, output, space_path, logger):
     """``<Model>-tuned``: the best trial's own run where it was recorded whole and ``final_run`` is ``reuse``
     (the same seed and config train to the same result), otherwise the best configuration trained again."""
+    model = settings.model
     finished = [trial for trial in study.trials if reached_verdict(trial)]
     best = study.best_trial
     tuning = {"n_trials": len(finished), "n_distinct_configurations": len({configuration(trial.params)
@@ -586,17 +589,16 @@ def write_tuned_row(study, model, dataset, final_run, output, space_path, proper
                   "test": best.user_attrs["test"], "config_files": [*run["config_files"], display_path(best_yaml)],
                   "tuning": {**tuning, "row_from": "the best trial's own run"},
                   "peak_memory_note": "peak of the search worker process up to the end of this trial"}
-        benchmark.publish_record(record, results_dir, properties_dir)
+        publish_record(record, settings.results_dir, settings.properties_dir)
         logger.info(f"Optuna study {study.study_name}: {model}-tuned is trial {best.number}'s run "
                     f"(commit {run.get('git_commit')}), not trained again")
         return record
     if final_run == "reuse":
         logger.info(f"Optuna study {study.study_name}: best trial {best.number} holds no run record (an older "
                     f"search): training its configuration again for {model}-tuned")
-    record = benchmark.run(model, dataset, properties_dir=properties_dir, results_dir=results_dir,
-                           config_files=[*config_files, str(best_yaml)], config_dict=config_dict,
-                           recbole_arguments=recbole_arguments, label=f"{model}-tuned",
-                           extra_record={"tuning": {**tuning, "row_from": "the best configuration trained again"}})
+    record = runs.run(settings.replace(config_files=[*settings.config_files, str(best_yaml)], label=f"{model}-tuned",
+                                       overwrite=True),
+                      extra_record={"tuning": {**tuning, "row_from": "the best configuration trained again"}})
     if not math.isclose(record["best_valid_score"], best.value, rel_tol=0, abs_tol=1e-4):
         logger.warning(f"{model}-tuned validated at {record['best_valid_score']:.4f}, its trial {best.number} at "
                        f"{best.value:.4f}: the same seed and config gave another result (another machine, or "
@@ -609,12 +611,6 @@ def configuration(params):
     with pandas' default parser lost its last digits and must still count as the configuration it was."""
     return tuple(sorted((name, float(f"{value:.12g}") if isinstance(value, float) else value)
                         for name, value in params.items()))
-
-
-def display_path(path):
-    """Relative to the project where it lies inside it (records stay the same on every checkout)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def write_outputs(study, output, space_path):

@@ -1,10 +1,10 @@
 """What a trained CLLM4Rec's scores rest on: its user token or the items of the prompt.
 
-    python scripts/diagnose_model.py --dataset=amazon-beauty --profile=cpu \
+    python -m experiments.diagnose_model --dataset=amazon-beauty --profile=cpu \
         --checkpoint=saved/CLLM4Rec-amazon-beauty-<hash>-best.pth [--users=2000] [--output=FILE.md]
 
 Loads the checkpoint's trained embeddings (the backbone comes from ``llm_path`` as always) and scores the same
-validation users as ``scripts/probe.py`` (RecBole's Recall@20 / NDCG@100 over all items, training items
+validation users as ``experiments/probe.py`` (RecBole's Recall@20 / NDCG@100 over all items, training items
 masked) with the scoring prompt changed in one way at a time:
 - ``as trained``: the prompt the model is evaluated with (user token, whole training history);
 - ``average user token``: every user's token replaced by the mean user embedding, history unchanged;
@@ -28,13 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe import recall_ndcg, validation_subset  # noqa: E402
+from experiments.common import recall_ndcg, validation_subset
 
-from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
-from recbole_cllm4rec.corpus import Document  # noqa: E402
+from recbole_cllm4rec.benchmark.protocol import build_cllm4rec
+from recbole_cllm4rec.corpus import Document
 
 
 def prompt_variants(seed=0):
@@ -123,7 +121,7 @@ def main(argv=None):
         print(f"{name}: recall@20 {recall:.4f} ndcg@100 {ndcg:.4f}", flush=True)
 
     if arguments.output:
-        command = "python scripts/diagnose_model.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        command = "python -m experiments.diagnose_model " + shlex.join(argv if argv is not None else sys.argv[1:])
         table = []
         if rows:
             reference = rows[0][1]

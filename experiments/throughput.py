@@ -1,6 +1,6 @@
 """Training and scoring throughput of CLLM4Rec against the raw frozen backbone, on the same batch shapes.
 
-    python scripts/throughput.py --dataset=amazon-beauty [--profile=cpu] \
+    python -m experiments.throughput --dataset=amazon-beauty [--profile=cpu] \
         [--batches=8] [--output=results/notes/performance.md]
 
 For each training step kind (collaborative, content, finetuning) it takes the first ``--batches``
@@ -40,16 +40,14 @@ import functools
 import resource
 import statistics
 import sys
-from pathlib import Path
 from time import perf_counter
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import build_cllm4rec  # noqa: E402
-from recbole_cllm4rec.corpus import bucket_batches, pad_documents  # noqa: E402
-from recbole_cllm4rec.trainer import id_table_adam  # noqa: E402
+from recbole_cllm4rec.benchmark.protocol import build_cllm4rec
+from recbole_cllm4rec.corpus import bucket_batches, pad_documents
+from recbole_cllm4rec.trainer import id_table_adam
 
 
 def synchronize(device):
@@ -98,7 +96,7 @@ def raw_backbone_rate(model, shapes, warm_up=False, with_lm_head=False):
     vocab_size = backbone.get_output_embeddings().weight.shape[0]
 
     def step(inputs, labels):
-        with model._autocast():
+        with model.autocast():
             if with_lm_head:
                 loss = backbone(inputs_embeds=inputs, labels=labels, use_cache=False).loss
             else:
@@ -132,7 +130,7 @@ def raw_steps(model, kind, target_masks):
         head = (torch.randn(model.n_items, hidden_size, device=model.device) * 0.02).requires_grad_(True)
 
     def step(inputs, target_mask, labels):
-        with model._autocast():
+        with model.autocast():
             hidden = backbone.base_model(inputs_embeds=inputs, use_cache=False).last_hidden_state
             logits = hidden[target_mask] @ head.t()
         torch.nn.functional.cross_entropy(logits.float(), labels).backward()
@@ -150,7 +148,7 @@ def raw_steps(model, kind, target_masks):
 
 
 def plugin_rate(model, kind, documents, batches, held_out=None, optimizer=None):
-    optimizer = optimizer or id_table_adam(model, 1e-4)  # the trainer's optimizer
+    optimizer = optimizer or id_table_adam(model, 1e-4, lazy_users=model.user_table_updates == "lazy")  # the trainer's
     model.train()
     real_tokens, elapsed, shapes, target_masks = 0, 0.0, [], []
     for batch in batches:
@@ -200,7 +198,7 @@ def schedule_tokens(model, config):
     corpus, generator = model.corpus, torch.Generator().manual_seed(0)
     per_pass = {"collaborative": sum(len(d.tokens) for d in corpus.collaborative_documents())}
     per_pass["content"] = sum(len(d.tokens) for d in corpus.sampled_content_documents(generator)) if corpus.has_content else 0
-    documents, _ = corpus.recommendation_documents(range(1, len(corpus.user_histories)), model.mask_ratio, generator)
+    documents, _ = corpus.recommendation_documents(range(1, len(corpus.user_histories)), generator)
     per_pass["recommendation"] = sum(len(d.tokens) for d in documents)
     scoring = sum(len(corpus.scoring_document(user).tokens) for user in range(1, len(corpus.user_histories)))
     content_passes = (config["content_warmup_epochs"] + config["pretrain_rounds"]) if corpus.has_content else 0
@@ -238,11 +236,11 @@ def main(argv=None):
     if corpus.has_content:
         kinds.append(("content", corpus.sampled_content_documents(generator), None))
     users = range(1, len(corpus.user_histories))
-    documents, held_out = corpus.recommendation_documents(users, model.mask_ratio, generator)
+    documents, held_out = corpus.recommendation_documents(users, generator)
     kinds.append(("recommendation", documents, held_out))
     for kind, documents, targets in kinds:
         batches = bucket_batches([len(d.tokens) for d in documents], budget, generator)[: arguments.batches]
-        optimizer = id_table_adam(model, 1e-4)
+        optimizer = id_table_adam(model, 1e-4, lazy_users=config["user_table_updates"] == "lazy")
         plugin_rate(model, kind, documents, batches, targets, optimizer)  # warm-up: every shape, Adam's moments
         rounds = []
         for round_index in range(arguments.rounds):
@@ -279,7 +277,7 @@ def main(argv=None):
     print(f"full ranking: {users_per_second:.0f} users/s over {len(scoring_users)} users; peak memory {peak}")
 
     if arguments.output:
-        command = "python scripts/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m experiments.throughput " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [f"### {arguments.dataset}, {config['llm_path']} ({model.backbone.config.num_hidden_layers} layers), "
                  f"mixed precision {model.mixed_precision}, {torch.get_num_threads()} threads, "
                  f"{torch.cuda.get_device_name(model.device) if model.device.type == 'cuda' else 'CPU'}, "

@@ -1,6 +1,6 @@
 """Per-user test metrics for a record made before runs kept them, from the run's own best checkpoint.
 
-    python scripts/per_user_from_checkpoint.py --record=results/ml-100k/RecVAE.json --checkpoint=saved/RecVAE-....pth
+    python -m experiments.per_user_from_checkpoint --record=results/ml-100k/RecVAE.json --checkpoint=saved/RecVAE-....pth
 
 Loads the checkpoint with RecBole's ``load_data_and_model`` (the same split, by the same seed), evaluates it on the
 test set as the run did, refuses unless every test metric equals the record's, and writes
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import recbole_cllm4rec  # noqa: F401  (registers CLLM4Rec with RecBole)
-from recbole_cllm4rec.per_user import collect_per_user, write_per_user
+from recbole_cllm4rec.benchmark.per_user import collect_per_user, write_per_user
 
 
 def main(argv=None):
@@ -39,7 +39,7 @@ def main(argv=None):
     path = record_path.with_name(f"{record['label']}.users.csv.gz")
     write_per_user(path, rows, train_data._dataset)
     record["per_user_file"] = path.name
-    record["per_user_note"] = ("recomputed from the run's best checkpoint by scripts/per_user_from_checkpoint.py; "
+    record["per_user_note"] = ("recomputed from the run's best checkpoint by experiments/per_user_from_checkpoint.py; "
                                "its test metrics equal the record's")
     record_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"{path}: {len(rows)} users")

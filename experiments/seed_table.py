@@ -1,6 +1,6 @@
 """Test metrics of several models over several seeds, side by side: one table per headline metric.
 
-    python scripts/seed_table.py --output=results/notes/amazon-beauty-seeds.md \
+    python -m experiments.seed_table --output=results/notes/amazon-beauty-seeds.md \
         --family="EASE-tuned=results/amazon-beauty/EASE-tuned.json,results/amazon-beauty/EASE-tuned-seed-2021.json" \
         --family="CLLM4Rec=results/amazon-beauty/CLLM4Rec.json,results/amazon-beauty/CLLM4Rec-seed-2021.json"
 
@@ -13,12 +13,11 @@ holds the split fixed). A family without a record at a seed shows a blank there.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import HEADLINE_METRICS, short_commit  # noqa: E402
+from recbole_cllm4rec.benchmark.protocol import HEADLINE_METRICS
+from recbole_cllm4rec.benchmark.tables import short_commit
 
 
 def load_family(text):
@@ -64,7 +63,7 @@ def main(argv=None):
                                                    f"commit {short_commit(record)})"
                                                    for seed, record in sorted(by_seed.items()))
                         for name, by_seed in families)
-    command = "python scripts/seed_table.py " + " ".join(f"'--family={text}'" for text in arguments.family) + \
+    command = "python -m experiments.seed_table " + " ".join(f"'--family={text}'" for text in arguments.family) + \
         f" --output={arguments.output}" + (
         f" '--title={arguments.title}'" if arguments.title != parser.get_default("title") else "")
     about = ("Each seed also draws RecBole's random split, so the families compare only within a row; the last row "

@@ -3,9 +3,9 @@ with or without glibc keeping freed memory (``cpu_keep_freed_memory``, applied a
 the figures behind that setting in the baselines' model files. Each mode runs in its own process, since the malloc
 setting is process-wide:
 
-    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --cpu_keep_freed_memory=False
-    OMP_NUM_THREADS=1 python scripts/baseline_step_time.py --model=SASRec --cpu_keep_freed_memory=True
-    OMP_NUM_THREADS=2 python scripts/baseline_step_time.py --model=BERT4Rec --cpu_keep_freed_memory=True --mask_ratio=0.6
+    OMP_NUM_THREADS=1 python -m experiments.baseline_step_time --model=SASRec --cpu_keep_freed_memory=False
+    OMP_NUM_THREADS=1 python -m experiments.baseline_step_time --model=SASRec --cpu_keep_freed_memory=True
+    OMP_NUM_THREADS=2 python -m experiments.baseline_step_time --model=BERT4Rec --cpu_keep_freed_memory=True --mask_ratio=0.6
 
 Arguments other than --model, --dataset and --batches are RecBole ``--key=value`` overrides.
 """
@@ -13,14 +13,11 @@ Arguments other than --model, --dataset and --batches are RecBole ``--key=value`
 import argparse
 import os
 import resource
-import sys
-from pathlib import Path
 from time import perf_counter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recbole_cllm4rec.benchmark import build_untrained, protocol_config  # noqa: E402
-from recbole_cllm4rec.cpu_memory import keep_freed_memory_if_configured  # noqa: E402
+from recbole_cllm4rec.benchmark.protocol import build_untrained, protocol_config
+from recbole_cllm4rec.benchmark.cpu_memory import keep_freed_memory_if_configured
 
 WARMUP_BATCHES = 2
 
