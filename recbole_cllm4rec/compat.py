@@ -26,7 +26,8 @@ H. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_d
    is imported, and ``get_model`` imports every sequential model to find any one of them: from then on the
    whole process runs with autograd's debugging mode, which checks every gradient for NaN (and on a GPU
    waits for each check). SASRec's training step on the 2-core CPU spent a quarter of its time there.
-   -> ``get_model`` puts anomaly detection back as it found it. Metrics are unchanged (the mode only
+   -> ``get_model`` puts anomaly detection back as it found it (and ``anomaly_detection_kept`` around any other
+      import of a sequential model). Metrics are unchanged (the mode only
       inspects); a NaN loss still stops RecBole's trainer, which checks it.
 
 ``check_environment`` fails loudly, naming the pin, when A/B/C/E/F are violated anyway (someone forced
@@ -268,6 +269,16 @@ GET_MODEL_IMPORTERS = ("recbole.utils.utils", "recbole.utils", "recbole.config.c
                        "recbole.quick_start.quick_start")
 
 
+@contextlib.contextmanager
+def anomaly_detection_kept():
+    """Cause H: whatever RecBole imports inside leaves autograd's anomaly detection as it was."""
+    enabled = torch.is_anomaly_enabled()
+    try:
+        yield
+    finally:
+        torch.autograd.set_detect_anomaly(enabled)
+
+
 def _patch_get_model_anomaly_detection():
     from recbole.utils import utils as utils_module
 
@@ -277,11 +288,8 @@ def _patch_get_model_anomaly_detection():
 
     @functools.wraps(original)
     def get_model(model_name):
-        enabled = torch.is_anomaly_enabled()
-        try:
+        with anomaly_detection_kept():
             return original(model_name)
-        finally:
-            torch.autograd.set_detect_anomaly(enabled)
 
     get_model.__wrapped_by_recbole_cllm4rec__ = True
     for name in GET_MODEL_IMPORTERS:

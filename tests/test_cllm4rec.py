@@ -69,7 +69,7 @@ def test_no_validation_or_test_item_reaches_any_corpus(tiny):
     for document in corpus.collaborative_documents():
         items = document.tokens[document.tokens >= space.item_offset] - space.item_offset
         seen |= {(user_of(document.tokens), int(item)) for item in items}
-    documents, held_out = corpus.recommendation_documents(range(1, space.n_users), 0.2, torch.Generator().manual_seed(0))
+    documents, held_out = corpus.recommendation_documents(range(1, space.n_users), torch.Generator().manual_seed(0))
     for document, targets in zip(documents, held_out):
         items = document.tokens[document.tokens >= space.item_offset] - space.item_offset
         seen |= {(user_of(document.tokens), int(item)) for item in list(items) + list(targets)}
@@ -129,7 +129,7 @@ def test_full_sort_predict_shape_predict_agreement_and_history_masking(tiny):
 
 def test_finetune_target_option(tiny):
     _, model, *_ = tiny
-    documents, held_out = model.corpus.recommendation_documents([1], 0.2, torch.Generator().manual_seed(0))
+    documents, held_out = model.corpus.recommendation_documents([1], torch.Generator().manual_seed(0))
     _, _, (rows, items) = model.recommendation_batch(documents, held_out)
     assert rows.tolist() == [0] * len(held_out[0])
     assert sorted(items.tolist()) == sorted(held_out[0].tolist())
@@ -349,7 +349,7 @@ def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path,
     torch.testing.assert_close(observed[:, 1:], 0.25 * expected[:, 1:])
 
     optimizer = torch.optim.Adam(scaled.trainable_parameters(), lr=0.01)
-    documents, held_out = scaled.corpus.recommendation_documents(range(1, 9), 0.2, torch.Generator().manual_seed(0))
+    documents, held_out = scaled.corpus.recommendation_documents(range(1, 9), torch.Generator().manual_seed(0))
     language_loss, regularization, _ = scaled.document_loss("recommendation", documents, held_out)
     (language_loss + regularization).backward()
     optimizer.step()
@@ -364,7 +364,7 @@ def test_item_logit_scale_multiplies_item_logits_and_trains(data_root, tmp_path,
 
 def one_finetuning_step(model):
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=0.01)
-    documents, held_out = model.corpus.recommendation_documents(range(1, 9), 0.2, torch.Generator().manual_seed(0))
+    documents, held_out = model.corpus.recommendation_documents(range(1, 9), torch.Generator().manual_seed(0))
     language_loss, regularization, _ = model.document_loss("recommendation", documents, held_out)
     (language_loss + regularization).backward()
     optimizer.step()
@@ -519,10 +519,10 @@ def test_llm_dropout_only_while_training(data_root, tmp_path, backbone, request)
 
 
 def test_user_learning_rate_scale_sets_the_user_tables_rate(data_root, tmp_path, tiny_llama):
-    from recbole_cllm4rec.trainer import id_table_adam
+    from recbole_cllm4rec.trainer import optimizer_for
 
-    _, model, *_ = build(data_root, tmp_path, tiny_llama, user_learning_rate_scale=10.0)
-    optimizer = id_table_adam(model, 1e-3)
+    config, model, *_ = build(data_root, tmp_path, tiny_llama, user_learning_rate_scale=10.0)
+    optimizer = optimizer_for(config, model, 1e-3)
     rates = {id(parameter): group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
     assert rates[id(model.collaborative_user_embedding.weight)] == pytest.approx(1e-2)
     assert rates[id(model.content_user_embedding.weight)] == pytest.approx(1e-2)
@@ -630,14 +630,14 @@ def test_impossible_values_are_refused_with_their_allowed_range(data_root, tmp_p
         build(data_root, tmp_path, tiny_llama, **overrides)
 
 
-def user_rows_after_two_steps(model):
+def user_rows_after_two_steps(config, model):
     """The collaborative user table before, after a step on users 1-8, and after a second step on users 9-16."""
-    from recbole_cllm4rec.trainer import id_table_adam
+    from recbole_cllm4rec.trainer import optimizer_for
 
-    optimizer, table = id_table_adam(model, 0.01), model.collaborative_user_embedding.weight
+    optimizer, table = optimizer_for(config, model, 0.01), model.collaborative_user_embedding.weight
     snapshots = [table.detach().clone()]
     for users in (range(1, 9), range(9, 17)):
-        documents, held_out = model.corpus.recommendation_documents(users, 0.2, torch.Generator().manual_seed(0))
+        documents, held_out = model.corpus.recommendation_documents(users, torch.Generator().manual_seed(0))
         optimizer.zero_grad(set_to_none=True)
         language_loss, regularization, _ = model.document_loss("recommendation", documents, held_out)
         (language_loss + regularization).backward()
@@ -647,20 +647,20 @@ def user_rows_after_two_steps(model):
 
 
 def test_lazy_user_table_updates_move_only_the_batchs_users(data_root, tmp_path, tiny_llama):
-    _, lazy, *_ = build(data_root, tmp_path / "lazy", tiny_llama, user_table_updates="lazy")
-    start, first, second = user_rows_after_two_steps(lazy)
+    lazy = build(data_root, tmp_path / "lazy", tiny_llama, user_table_updates="lazy")[:2]
+    start, first, second = user_rows_after_two_steps(*lazy)
     moved = lambda before, after: set(torch.nonzero((after != before).any(1)).flatten().tolist())
     assert moved(start, first) == set(range(1, 9))
     assert moved(first, second) == set(range(9, 17))  # users 1-8 stay put once their batch has passed
 
-    _, dense, *_ = build(data_root, tmp_path / "dense", tiny_llama)
-    start, first, second = user_rows_after_two_steps(dense)
+    dense = build(data_root, tmp_path / "dense", tiny_llama)[:2]
+    start, first, second = user_rows_after_two_steps(*dense)
     assert moved(start, first) == set(range(1, 9))  # their first step: rows without a gradient have no moments yet
     assert moved(first, second) == set(range(1, 17))  # dense Adam's moments carry users 1-8 on
     # the first step moves the same rows the same way (about lr * sign(gradient) either way; SparseAdam adds eps
     # before the bias correction, Adam after it, so tiny gradients take slightly smaller steps)
-    _, lazy_again, *_ = build(data_root, tmp_path / "lazy-again", tiny_llama, user_table_updates="lazy")
-    assert torch.equal(torch.sign(user_rows_after_two_steps(lazy_again)[1] - start), torch.sign(first - start))
+    lazy_again = build(data_root, tmp_path / "lazy-again", tiny_llama, user_table_updates="lazy")[:2]
+    assert torch.equal(torch.sign(user_rows_after_two_steps(*lazy_again)[1] - start), torch.sign(first - start))
 
 
 def test_lazy_user_table_updates_refuse_what_sparse_gradients_cannot_do(data_root, tmp_path, tiny_llama):

@@ -91,8 +91,11 @@ def test_cause_h_finding_a_sequential_model_leaves_anomaly_detection_off():
     """RecBole's SINE module turns autograd's anomaly detection on for the whole process when imported."""
     from recbole.utils import get_model
 
+    from recbole_cllm4rec.benchmark.speedups import score_real_mask_slots_only_in_bert4rec
+
     get_model("SINE")
     get_model("SASRec")
+    score_real_mask_slots_only_in_bert4rec()  # the runner's own import of a sequential model
     assert not torch.is_anomaly_enabled()
 
 
@@ -100,7 +103,10 @@ def test_cause_i_bert4rec_scores_real_mask_slots_only_with_recboles_loss_and_gra
     """The patched CE loss equals RecBole's (which scores every padding slot too), gradients and random draws included."""
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
-    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+    from recbole_cllm4rec.compat import anomaly_detection_kept
+
+    with anomaly_detection_kept():  # a plain import of RecBole's sequential package would turn it on (cause H)
+        from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
     config = Config(model="BERT4Rec", dataset="tiny", config_dict=protocol(
         data_root, tmp_path, load_col={"inter": ["user_id", "item_id", "timestamp"]}, train_neg_sample_args=None,

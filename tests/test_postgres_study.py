@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,16 +33,14 @@ def free_port():
 
 
 @pytest.fixture
-def postgres_url(tmp_path):
-    """A PostgreSQL server of its own on 127.0.0.1 (trust authentication, data in tmp_path), stopped after."""
+def postgres_url():
+    """A PostgreSQL server of its own on 127.0.0.1 (trust authentication, a fresh data folder), stopped after."""
     binaries = postgres_binaries()
     if binaries is None:
         pytest.skip("no PostgreSQL server programs (Debian: apt-get install postgresql)")
     pytest.importorskip("psycopg2", reason="the PostgreSQL driver comes with the dev extra: pip install -e '.[dev]'")
     as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
-    data = tmp_path / "pgdata"
-    data.mkdir()
-    os.chmod(tmp_path, 0o755)
+    data = Path(tempfile.mkdtemp(prefix="recbole-cllm4rec-pg-"))  # outside pytest's folders, which only root may enter
     if as_server_user:
         shutil.chown(data, "postgres")
     subprocess.run([*as_server_user, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
@@ -54,6 +53,7 @@ def postgres_url(tmp_path):
     finally:
         subprocess.run([*as_server_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_two_workers_on_one_postgres_study_share_the_trials(data_root, tmp_path, postgres_url):

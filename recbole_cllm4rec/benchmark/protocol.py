@@ -67,7 +67,7 @@ def check_dataset(dataset, folder, properties_dir, download=False):
     """Fail early, naming where we looked, unless the dataset's atomic files (or a download) exist.
 
     ``folder`` is RecBole's ``config['data_path']``: the data path joined with the dataset name."""
-    folder = Path(folder)
+    folder = Path(folder).absolute()
     data_path = folder.parent
     if (folder / f"{dataset}.inter").is_file():
         return

@@ -12,10 +12,13 @@ import functools
 
 import torch
 
+from recbole_cllm4rec.compat import anomaly_detection_kept
+
 
 def score_real_mask_slots_only_in_bert4rec():
     """BERT4Rec's CE loss over its real mask slots only (above)."""
-    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+    with anomaly_detection_kept():
+        from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
     original = BERT4Rec.calculate_loss
     if getattr(original, "__wrapped_by_recbole_cllm4rec__", False):

@@ -42,6 +42,7 @@ import math
 import os
 import socket
 import statistics
+import time
 import warnings
 from datetime import datetime
 from logging import getLogger
@@ -270,10 +271,22 @@ def study_folder(results_dir, dataset, model, study_name):
     return Path(results_dir) / dataset / "tuning" / (model if default else f"{model}-{study_name}")
 
 
+def rdb_storage(url, grace_period, attempts=5):
+    """Optuna's storage at ``url``. Workers started together on a new database all create its tables, and on a
+    database server the slower ones' CREATE fails: they try again once the first one's tables exist."""
+    import sqlalchemy
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=min(30, grace_period), grace_period=grace_period)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
 def open_study(dataset, model, storage=None, study_name=None, seed=2020, bigger=True, grace_period=90, saved_dir="saved"):
-    storage = optuna.storages.RDBStorage(storage or default_storage(saved_dir, dataset, model),
-                                         heartbeat_interval=min(30, grace_period),
-                                         grace_period=grace_period)
+    storage = rdb_storage(storage or default_storage(saved_dir, dataset, model), grace_period)
     return optuna.create_study(
         study_name=study_name or f"{dataset}-{model}",
         storage=storage,
