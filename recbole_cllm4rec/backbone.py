@@ -240,12 +240,3 @@ def load_backbone(llm_path=None, num_layers=None, cache_dir=None, initialisation
     model.eval()
     return model, tokenizer
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Convert and cache a backbone once (default: the bundled SmolLM2).")
-    parser.add_argument("llm_path", nargs="?", default=DEFAULT_BACKBONE)
-    parser.add_argument("--cache-dir", default=None)
-    arguments = parser.parse_args()
-    print(resolve_llm_path(arguments.llm_path, arguments.cache_dir))

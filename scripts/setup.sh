@@ -20,5 +20,5 @@ PIP="$VENV/bin/pip"
 
 "$VENV/bin/python" -m recbole_cllm4rec.data.setup_datasets --shared "$SHARED_DATASETS" --dataset-dir dataset
 # Convert the bundled GGUF once into the cache, so the first run does not pay for it.
-"$VENV/bin/python" -m recbole_cllm4rec.backbone
+"$VENV/bin/python" -c "from recbole_cllm4rec.backbone import resolve_llm_path; print(resolve_llm_path(None))"
 echo "setup done: source $VENV/bin/activate"

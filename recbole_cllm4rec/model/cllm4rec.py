@@ -31,8 +31,8 @@ from recbole_cllm4rec.corpus import CLLM4RecCorpus, bucket_batches, pad_document
 
 
 def resolve_mixed_precision(setting, device):
-    """``auto`` is bf16 autocast only where the hardware has bf16 matrix units: on a CPU without them
-    (AVX2-only, such as AMD Zen 3) bf16 autocast runs about 15x *slower* than fp32."""
+    """``auto`` is bf16 autocast only where the hardware has bf16 matrix units: without them bf16 is emulated and
+    runs far slower than fp32."""
     if setting not in ("auto", "bf16", "none"):
         raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'none', got {setting!r}")
     if setting != "auto":
