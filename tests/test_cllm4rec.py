@@ -696,6 +696,15 @@ def test_profile_auto_picks_the_papers_model_on_a_gpu(data_root, monkeypatch):
         resolve_profile({"profile": "fast"})
 
 
+@pytest.mark.parametrize("setting", ["auto", "none"])
+def test_profile_line_names_the_precision_auto_chose(data_root, tmp_path, tiny_llama, caplog, setting):
+    with caplog.at_level(logging.INFO):
+        _, model, *_ = build(data_root, tmp_path, tiny_llama, mixed_precision=setting, epochs=1)
+    line = next(record.getMessage() for record in caplog.records if "CLLM4Rec profile" in record.getMessage())
+    named = "bf16 autocast" if model.mixed_precision == "bf16" else "fp32"
+    assert line.endswith(named + (" (mixed_precision: auto)" if setting == "auto" else ""))
+
+
 def test_first_log_lines_name_the_profile_and_estimate_the_time(data_root, tmp_path, tiny_llama, caplog):
     config, model, train_data, valid_data, _ = build(data_root, tmp_path, tiny_llama, epochs=2)
     trainer = CLLM4RecTrainer(config, model)

@@ -54,14 +54,18 @@ class CLLM4Rec(GeneralRecommender):
     def __init__(self, config, dataset):
         check_options(config)
         super().__init__(config, dataset)
+        self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
+        # named because bf16 and fp32 runs of one config differ in their last digits
+        precision = {"bf16": "bf16 autocast", "none": "fp32"}[self.mixed_precision] + (
+            " (mixed_precision: auto)" if config["mixed_precision"] == "auto" else "")
         getLogger().info(
             set_color("CLLM4Rec profile", "green") + f": {config['profile_applied']} ({config['profile_reason']}); "
             f"{config['llm_num_layers'] if config['llm_num_layers'] is not None else 'all'} backbone layers, "
-            f"content LM {'on' if config['content_lm'] else 'off'}, up to {config['epochs']} finetuning epochs"
+            f"content LM {'on' if config['content_lm'] else 'off'}, up to {config['epochs']} finetuning epochs, "
+            f"{precision}"
         )
         self.llm_path = config["llm_path"]
         self.llm_num_layers = config["llm_num_layers"]
-        self.mixed_precision = resolve_mixed_precision(config["mixed_precision"], config["device"])
         self.reg_weight = config["reg_weight"]
         self.finetune_target = config["finetune_target"]
         self.id_embedding_init = config["id_embedding_init"]
